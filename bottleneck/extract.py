@@ -1,0 +1,205 @@
+"""Stage 1: run a frozen backbone once over an image folder and cache its features in HDF5.
+
+Work is journaled batch by batch (features/journal.py) so an interrupted run resumes where it
+stopped, and the cache appears under its final name only when complete (features/store.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+
+from features.journal import Journal
+from features.split import assign_split, split_counts
+from features.store import Cache, CacheConfig, write_cache
+
+from .errors import UserError
+from .images import image_dataset, load_with_pillow, scan_folder
+from .network import build_feature_model, compiled_forward, default_layer_specs
+from .registry import check_weights_arg, get_backbone, weights_id
+from .versions import library_versions
+
+
+@dataclass
+class ExtractOptions:
+    data: str
+    backbone: str = "vgg16"
+    alpha: float | None = None
+    weights: str = "imagenet"
+    layers: tuple[str, ...] = ()
+    pool: str = "avg"
+    image_size: int | None = None
+    batch_size: int = 32
+    test_size: float = 0.2
+    val_size: float = 0.1
+    seed: int = 0
+    out: str | None = None
+    overwrite: bool = False
+    precision: str = "float32"
+    progress: bool = True
+    stop_after: int | None = None   # for tests: stop (as if killed) after this many batches
+
+
+def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_size) -> str:
+    name = os.path.basename(os.path.abspath(data_dir).rstrip("/")) or "data"
+    width = f"-a{alpha:g}" if alpha is not None else ""
+    layer = layers[0] if len(layers) == 1 else f"{len(layers)}layers"
+    return os.path.join("features", f"{name}_{backbone}{width}_{layer}_{pool}_{image_size}.h5")
+
+
+def run_extract(opts: ExtractOptions, say=print) -> dict:
+    """Extract (or resume, or confirm) a cache; returns the run's summary as a dict."""
+    started = time.time()
+    row = get_backbone(opts.backbone)
+    weights = check_weights_arg(opts.weights)
+    if opts.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    image_size = opts.image_size or row.default_size
+    alpha = None if not row.alphas else float(opts.alpha if opts.alpha is not None else 1.0)
+    if opts.alpha is not None and not row.alphas and float(opts.alpha) != 1.0:
+        raise UserError(f"--alpha applies to mobilenet, mobilenetv2 and mobilenetv3*; {row.name} "
+                        "has no width multiplier: drop --alpha")
+    folder = scan_folder(opts.data)
+    split = folder.split if folder.split is not None else assign_split(
+        folder.labels, test_size=opts.test_size, val_size=opts.val_size, seed=opts.seed)
+
+    model, taps = build_feature_model(row, weights=weights, image_size=image_size, alpha=alpha,
+                                      layer_specs=list(opts.layers) or default_layer_specs(row),
+                                      pool=opts.pool, precision=opts.precision)
+    layer_names = [name for name, _ in taps]
+    config = CacheConfig(
+        data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
+        image_size=image_size, pool=opts.pool, layers=tuple(layer_names),
+        layer_indices=tuple(i for _, i in taps), preprocess=row.preprocess,
+        precision=opts.precision, seed=opts.seed,
+        test_size=0.0 if folder.split is not None else opts.test_size,
+        val_size=0.0 if folder.split is not None else opts.val_size)
+    out = opts.out or default_out_path(folder.root, row.name, alpha, layer_names, opts.pool,
+                                       image_size)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    journal = Journal(out)
+
+    if os.path.exists(out):
+        if opts.overwrite:
+            os.remove(out)
+        else:
+            with Cache(out) as existing:
+                diffs = config.differences(existing.config)
+                if diffs:
+                    raise UserError(f"{out} already holds a different cache ({'; '.join(diffs)}); "
+                                    "pass another --out, or --overwrite to replace it")
+                summary = existing.summary()
+            say(f"{out} is already complete for these settings; nothing to do "
+                "(--overwrite re-extracts).")
+            return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}
+    if journal.exists:
+        if opts.overwrite:
+            journal.discard()
+        else:
+            journal.check_matches(config.to_json())
+    if not journal.exists:
+        journal.start({
+            "config": config.to_json(), "class_names": folder.class_names,
+            "paths": folder.paths, "labels": folder.labels.tolist(), "split": split.tolist(),
+            "feature_shapes": {n: list(o.shape[1:]) for n, o in zip(layer_names, model.outputs)},
+        })
+    plan = journal.plan
+    paths = plan["paths"]
+    n = len(paths)
+    done = journal.done()
+    resumed = done > 0
+    if resumed:
+        say(f"resuming {out}: {done} of {n} images already done")
+    elif folder.n_ignored:
+        say(f"ignoring {folder.n_ignored} file(s) that are not images")
+
+    computed = _run_batches(journal, model, paths, folder.root, image_size, opts, start=done,
+                            say=say)
+    if computed is None:
+        return {"interrupted": True, "path": out, "done": journal.done(), "n_planned": n}
+
+    ok, skipped = journal.collect()
+    if not ok:
+        raise UserError(f"none of the {n} images could be read; see {journal.dir} for details")
+    labels = np.asarray(plan["labels"])[ok]
+    write_cache(out, config, class_names=plan["class_names"], paths=[paths[i] for i in ok],
+                labels=labels, split=np.asarray(plan["split"], dtype=np.uint8)[ok],
+                shards=journal.iter_rows(layer_names), feature_shapes=plan["feature_shapes"],
+                skipped=[(paths[i], reason) for i, reason in skipped],
+                versions=library_versions(), created=datetime.now(timezone.utc).isoformat())
+    journal.discard()
+    seconds = time.time() - started
+    result = {
+        "path": out, "n_images": len(ok), "n_skipped": len(skipped), "n_computed": computed,
+        "resumed": resumed, "already_complete": False, "seconds": round(seconds, 2),
+        "images_per_second": round(computed / seconds, 2) if seconds else None,
+        "file_mb": round(os.path.getsize(out) / 2**20, 3), "backbone": row.name, "alpha": alpha,
+        "weights": config.weights, "image_size": image_size, "pool": opts.pool,
+        "layers": layer_names, "features": {k: v for k, v in plan["feature_shapes"].items()},
+        "split": split_counts(np.asarray(plan["split"])[ok]), "classes": plan["class_names"],
+        "skipped": [{"path": paths[i], "reason": reason} for i, reason in skipped],
+    }
+    return result
+
+
+def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
+    """Forward every image from plan index `start` on, saving one journal entry per batch.
+
+    Returns the number of images computed, or None when stopped early by `opts.stop_after`.
+    """
+    from tqdm import tqdm
+
+    n = len(paths)
+    if start >= n:
+        return 0
+    forward = compiled_forward(model)
+    absolute = [os.path.join(root, p) for p in paths[start:]]
+    dataset = image_dataset(absolute, range(start, n), image_size, opts.batch_size)
+    bar = tqdm(total=n, initial=start, unit="img", desc="extract", disable=not opts.progress,
+               dynamic_ncols=True, smoothing=0.1)
+    covered, computed, batches = start, 0, 0
+
+    def finish(index, images, stop):
+        """Retry the images TF dropped in [covered, stop) with Pillow, then journal the batch."""
+        nonlocal covered, computed
+        index = list(index)
+        missing = sorted(set(range(covered, stop)) - set(index))
+        skipped_index, skipped_reason, extra_index, extra_images = [], [], [], []
+        for i in missing:
+            image, reason = load_with_pillow(os.path.join(root, paths[i]), image_size)
+            if image is None:
+                skipped_index.append(i)
+                skipped_reason.append(reason)
+            else:
+                extra_index.append(i)
+                extra_images.append(image)
+        feats = [f.numpy() for f in forward(images)] if len(index) else None
+        if extra_images:
+            extra = [f.numpy() for f in forward(np.stack(extra_images))]
+            order = np.argsort(index + extra_index, kind="stable")
+            feats = extra if feats is None else [np.concatenate([a, b])[order]
+                                                 for a, b in zip(feats, extra)]
+            index = sorted(index + extra_index)
+        if feats is None:
+            feats = [np.zeros((0, *o.shape[1:]), np.float32) for o in model.outputs]
+        journal.save_batch(stop, index, feats, skipped_index, skipped_reason)
+        computed += len(index)
+        bar.update(stop - covered)
+        covered = stop
+
+    try:
+        for index, images in dataset:
+            index = index.numpy()
+            finish(index.tolist(), images, int(index[-1]) + 1)
+            batches += 1
+            if opts.stop_after is not None and batches >= opts.stop_after:
+                return None
+        if covered < n:
+            finish([], None, n)
+    finally:
+        bar.close()
+    return computed

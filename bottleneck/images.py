@@ -1,0 +1,148 @@
+"""Image input: scanning a class-per-folder tree, and a deterministic tf.data decode pipeline.
+
+Order is never shuffled and the last batch is kept, so features stay aligned with their paths.
+Images TensorFlow cannot decode get a second chance through Pillow (e.g. 1-bit BMP); what neither
+can read is reported as skipped, with the reason, and never stops a run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLIT_DIRS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+@dataclass
+class ImageFolder:
+    """The images of a data folder in a fixed, sorted order, with their labels."""
+
+    root: str
+    paths: list[str]            # relative to root, '/'-separated
+    labels: np.ndarray          # int32 index into class_names
+    class_names: list[str]
+    split: np.ndarray | None    # codes when the tree is already split into train/val/test
+    n_ignored: int              # files that are not images by their extension
+
+    def absolute(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _walk_images(folder: str):
+    """Sorted image files below `folder` (recursively), and how many other files were seen."""
+    found, ignored = [], 0
+    for base, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_image_file(name):
+                found.append(os.path.join(base, name))
+            else:
+                ignored += 1
+    return found, ignored
+
+
+def _subdirs(folder: str) -> list[str]:
+    return sorted(d for d in os.listdir(folder)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
+
+
+def scan_folder(root: str) -> ImageFolder:
+    """List a class-per-folder tree, or a tree already split into train/ val/ test/ class folders."""
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root!r} is not a folder; point it at a folder with one "
+                        "sub-folder of images per class")
+    root = os.path.abspath(root)
+    top = _subdirs(root)
+    presplit = bool(top) and "train" in top and all(d.lower() in SPLIT_DIRS for d in top)
+    groups = [(d, SPLIT_DIRS[d.lower()]) for d in top] if presplit else [("", None)]
+    class_names = sorted({c for g, _ in groups for c in _subdirs(os.path.join(root, g))})
+    if not class_names:
+        raise UserError(f"{root} has no class sub-folders; expected e.g. {root}/cats/*.jpg and "
+                        f"{root}/dogs/*.jpg")
+    paths, labels, split, ignored = [], [], [], 0
+    for group, code in groups:
+        for label, name in enumerate(class_names):
+            folder = os.path.join(root, group, name)
+            if not os.path.isdir(folder):
+                continue
+            files, skipped = _walk_images(folder)
+            ignored += skipped
+            for path in files:
+                paths.append(os.path.relpath(path, root).replace(os.sep, "/"))
+                labels.append(label)
+                split.append(code)
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return ImageFolder(root, paths, np.asarray(labels, dtype=np.int32), class_names,
+                       np.asarray(split, dtype=np.uint8) if presplit else None, ignored)
+
+
+def _decode_resize(path, image_size: int):
+    import tensorflow as tf
+
+    data = tf.io.read_file(path)
+    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return tf.image.resize(image, (image_size, image_size), method="bilinear")
+
+
+def image_dataset(paths: list[str], indices, image_size: int, batch_size: int):
+    """Batches of (plan index, float32 image in [0, 255]) in input order; undecodable images are
+    dropped from the stream, and their missing indices tell the caller which ones they were."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(indices, dtype=np.int64),
+                                             np.asarray(paths, dtype=object).astype(str)))
+    ds = ds.map(lambda i, p: (i, _decode_resize(p, image_size)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+def load_with_pillow(path: str, image_size: int):
+    """(float32 image, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
+    import tensorflow as tf
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file (0 bytes)"
+        with Image.open(path) as img:
+            img.load()
+            array = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    resized = tf.image.resize(array, (image_size, image_size), method="bilinear")
+    return resized.numpy().astype(np.float32), None
+
+
+def load_batch(paths: list[str], image_size: int):
+    """Decode and resize a small list of files (for predict): (images, ok indices, [(i, reason)])."""
+    import tensorflow as tf
+
+    images, ok, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(_decode_resize(tf.constant(path), image_size).numpy())
+            ok.append(i)
+            continue
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+            pass
+        image, reason = load_with_pillow(path, image_size) if os.path.exists(path) else (
+            None, "no such file")
+        if image is None:
+            bad.append((i, reason))
+        else:
+            images.append(image)
+            ok.append(i)
+    shape = (0, image_size, image_size, 3)
+    return (np.stack(images) if images else np.zeros(shape, np.float32)), ok, bad

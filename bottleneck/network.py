@@ -1,0 +1,133 @@
+"""The feature network: family preprocessing, the frozen body cut at its taps, and pooling.
+
+The same builder serves `extract`, `predict` and `finetune`, so a tap is computed identically
+everywhere: raw RGB in [0, 255] -> Preprocess -> body up to the tapped layers -> pooling.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+
+from . import quiet  # noqa: F401
+from .errors import UserError
+from .registry import Backbone, build_body
+
+import keras
+
+POOLS = ("avg", "max", "avgmax", "none")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@keras.saving.register_keras_serializable(package="bottleneck")
+class Preprocess(keras.layers.Layer):
+    """Applies `keras.applications.<module>.preprocess_input` inside the graph (float32)."""
+
+    def __init__(self, module: str, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.module = module
+
+    def call(self, inputs):
+        return getattr(keras.applications, self.module).preprocess_input(
+            keras.ops.cast(inputs, "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "module": self.module}
+
+
+def pool_layer(pool: str, name: str):
+    """A layer turning an (H, W, C) map into the cached feature for `pool`."""
+    if pool == "avg":
+        return keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")
+    if pool == "max":
+        return keras.layers.GlobalMaxPooling2D(name=f"{name}_max")
+    if pool == "avgmax":
+        avg = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")
+        mx = keras.layers.GlobalMaxPooling2D(name=f"{name}_max")
+        concat = keras.layers.Concatenate(name=f"{name}_avgmax")
+        return lambda x: concat([avg(x), mx(x)])
+    if pool == "none":
+        return lambda x: x
+    raise UserError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
+
+
+def resolve_layers(body, specs) -> list[tuple[str, int]]:
+    """(name, index) for each --layer spec: a layer name, or an integer index (negative allowed)."""
+    names = [layer.name for layer in body.layers]
+    out = []
+    for spec in specs:
+        spec = str(spec)
+        if spec.lstrip("-").isdigit():
+            index = int(spec)
+            if not -len(names) <= index < len(names):
+                raise UserError(f"--layer {spec}: index out of range (the body has "
+                                f"{len(names)} layers; see `python cli.py layers`)")
+            index %= len(names)
+        elif spec in names:
+            index = names.index(spec)
+        else:
+            close = difflib.get_close_matches(spec, names, n=5, cutoff=0.4)
+            hint = f" Closest: {', '.join(close)}." if close else ""
+            raise UserError(f"--layer {spec!r} is not a layer of this backbone.{hint} "
+                            "`python cli.py layers --backbone NAME` lists them.")
+        if len(body.layers[index].output.shape) not in (2, 4):
+            raise UserError(f"--layer {spec}: output shape {body.layers[index].output.shape} is "
+                            "neither a feature map nor a vector")
+        out.append((names[index], index))
+    return out
+
+
+def default_layer_specs(row: Backbone) -> list[str]:
+    return [row.default_layer] if row.default_layer else ["-1"]
+
+
+@contextmanager
+def precision_policy(precision: str):
+    """Build layers under a mixed-precision policy ('float32' changes nothing)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{precision}")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_feature_model(row: Backbone, *, weights, image_size: int, alpha, layer_specs, pool: str,
+                        precision: str = "float32"):
+    """(model, [(layer name, index)]): float32 RGB in [0, 255] -> one pooled float32 output per tap."""
+    with precision_policy(precision):
+        body = build_body(row, weights=weights, image_size=image_size, alpha=alpha)
+        taps = resolve_layers(body, layer_specs)
+        cut = keras.Model(body.inputs, [body.layers[i].output for _, i in taps],
+                          name=f"{row.name}_taps")
+        cut.trainable = False
+        inputs = keras.Input((image_size, image_size, 3), name="image", dtype="float32")
+        maps = cut(Preprocess(row.preprocess, name="preprocess")(inputs))
+        maps = maps if isinstance(maps, (list, tuple)) else [maps]
+        outputs = []
+        for (name, _), fmap in zip(taps, maps):
+            pooled = pool_layer(pool, name)(fmap) if len(fmap.shape) == 4 else fmap
+            outputs.append(keras.layers.Activation("linear", dtype="float32",
+                                                   name=f"feat_{name}")(pooled))
+    return keras.Model(inputs, outputs, name="features"), taps
+
+
+def compiled_forward(model):
+    """A traced inference function over any batch size (no per-call `predict` overhead or leak)."""
+    import tensorflow as tf
+
+    shape = model.inputs[0].shape
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape[1:]), tf.float32)],
+                 reduce_retracing=True)
+    def forward(images):
+        out = model(images, training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return forward

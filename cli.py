@@ -1,0 +1,8 @@
+"""bottleneck's command line: `python cli.py --help` (the same as the `bottleneck` command)."""
+
+import sys
+
+from bottleneck.commands import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The feature cache (HDF5) and the classical side that reads it."""
