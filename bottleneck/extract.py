@@ -130,7 +130,8 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
                 labels=labels, split=np.asarray(plan["split"], dtype=np.uint8)[ok],
                 shards=journal.iter_rows(layer_names), feature_shapes=plan["feature_shapes"],
                 skipped=[(paths[i], reason) for i, reason in skipped],
-                versions=library_versions(), created=datetime.now(timezone.utc).isoformat())
+                versions=library_versions(), created=datetime.now(timezone.utc).isoformat(),
+                weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
     journal.discard()
     seconds = time.time() - started
     result = {

@@ -131,3 +131,36 @@ def compiled_forward(model):
         return list(out) if isinstance(out, (list, tuple)) else [out]
 
     return forward
+
+
+def feature_model_from_provenance(prov: dict, weights: str | None = None, precision=None):
+    """Rebuild the exact feature network a cache (or a head's provenance) was made with.
+
+    `prov` holds backbone, alpha, weights ('imagenet' | 'none' | 'sha256:...'), weights_path,
+    image_size, pool, layer_indices, layers. A local weights file is found at `weights` or the
+    recorded weights_path, and must match the recorded sha256. Returns (model, taps).
+    """
+    import os
+
+    from .registry import get_backbone, weights_id
+
+    recorded = prov["weights"]
+    if recorded in ("imagenet", "none"):
+        source = None if recorded == "none" else "imagenet"
+    else:
+        source = weights or prov.get("weights_path") or ""
+        if not os.path.isfile(source):
+            raise UserError(f"the features were made with a local weights file ({recorded[:19]}...) "
+                            f"that is not at {source!r}; pass --weights PATH to it")
+        if weights_id(source) != recorded:
+            raise UserError(f"--weights {source} is not the file the features were made with "
+                            f"(sha256 differs); pass the original file")
+    model, taps = build_feature_model(
+        get_backbone(prov["backbone"]), weights=source, image_size=int(prov["image_size"]),
+        alpha=prov.get("alpha"), layer_specs=[str(i) for i in prov["layer_indices"]],
+        pool=prov["pool"], precision=precision or prov.get("precision") or "float32")
+    names = [name for name, _ in taps]
+    if names != list(prov["layers"]):
+        raise UserError(f"rebuilt taps {names} differ from the recorded {prov['layers']}; "
+                        "the Keras version may have renamed layers")
+    return model, taps

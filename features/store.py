@@ -10,7 +10,8 @@ Layout of one cache file (FORMAT_VERSION 1)::
     /skipped/reasons    utf-8 (M,)    why
     attrs: format_version, complete, class_names, backbone, alpha, weights, image_size, pool,
            layers, layer_indices, preprocess, precision, seed, test_size, val_size, data_dir,
-           versions, created, n_images
+           versions, created, n_images, weights_path (where a local weights file was read;
+           its identity is the sha256 in 'weights')
 
 A file only exists under its final name once it is complete (written to a temporary name and
 renamed), and readers also check attrs['complete'].
@@ -79,7 +80,8 @@ def _chunk_rows(row_shape) -> int:
 
 
 def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, split, shards,
-                feature_shapes: dict, skipped, versions: dict, created: str) -> None:
+                feature_shapes: dict, skipped, versions: dict, created: str,
+                weights_path: str | None = None) -> None:
     """Write a complete cache atomically from `shards`, an iterable of (row_start, {layer: array}).
 
     `shards` must cover rows 0..len(paths) in increasing, contiguous order; nothing but the final
@@ -116,7 +118,7 @@ def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, s
             raise RuntimeError(f"cache incomplete: {written} of {n} rows written")
         attrs = config.to_json()
         attrs.update(class_names=list(class_names), versions=versions, created=created,
-                     n_images=n, format_version=FORMAT_VERSION)
+                     n_images=n, format_version=FORMAT_VERSION, weights_path=weights_path or "")
         for key, value in attrs.items():
             if key in _JSON_ATTRS:
                 value = json.dumps(value)
@@ -221,6 +223,13 @@ class Cache:
 
     def split_mask(self, name: str) -> np.ndarray:
         return self.split == SPLIT_NAMES.index(name)
+
+    def provenance(self) -> dict:
+        """What a head fitted on this cache must carry to rebuild its network (JSON-able)."""
+        keys = ("backbone", "alpha", "weights", "weights_path", "image_size", "pool", "layers",
+                "layer_indices", "preprocess", "precision", "class_names", "data_dir", "seed",
+                "test_size", "val_size", "versions")
+        return {**{k: self.attrs.get(k) for k in keys}, "cache_path": os.path.abspath(self.path)}
 
     def summary(self) -> dict:
         """A JSON-able description of the cache: what `info` prints."""
