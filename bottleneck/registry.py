@@ -68,9 +68,9 @@ def _rows():
                          ("m", 480), ("l", 480)):
         rows.append(Backbone(f"efficientnetv2{suffix}", f"EfficientNetV2{suffix.upper()}",
                              "efficientnet_v2", size, "top_activation"))
-    for size in ("tiny", "small", "base", "large", "xlarge"):
-        rows.append(Backbone(f"convnext{size}", f"ConvNeXt{size.capitalize()}", "convnext", 224,
-                             None))
+    for size, ctor in (("tiny", "Tiny"), ("small", "Small"), ("base", "Base"), ("large", "Large"),
+                       ("xlarge", "XLarge")):
+        rows.append(Backbone(f"convnext{size}", f"ConvNeXt{ctor}", "convnext", 224, None))
     return {row.name: row for row in rows}
 
 
@@ -137,6 +137,8 @@ def build_body(row: Backbone, *, weights: str | None, image_size: int, alpha: fl
     kwargs = row.build_kwargs(alpha)
     if row.name.startswith("nasnet") and weights == "imagenet" and image_size != row.default_size:
         raise UserError(f"{row.name} ImageNet weights need --image-size {row.default_size}")
+    if weights is None:
+        keras.utils.set_random_seed(0)  # random init is reproducible: resumes and rebuilds agree
     try:
         body = constructor(include_top=False, weights=weights,
                            input_shape=(image_size, image_size, 3), **kwargs)

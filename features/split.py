@@ -33,16 +33,22 @@ def assign_split(labels, *, test_size: float, val_size: float, seed: int) -> np.
         small = int(np.flatnonzero((counts > 0) & (counts < 3))[0])
         raise UserError(f"class #{small} has {counts[small]} image(s); a stratified split needs at "
                         "least 3 per class: add images, or pass --test-size 0 --val-size 0")
+    n_classes = int((counts > 0).sum()) if n else 0
+
+    def held_out(fraction, pool):
+        # sklearn's own count (ceil), raised to one image per class for tiny sets
+        return fraction if np.ceil(fraction * len(pool)) >= n_classes else n_classes
+
     try:
         if test_size:
-            rest, test = train_test_split(index, test_size=test_size, stratify=labels,
-                                          random_state=seed)
+            rest, test = train_test_split(index, test_size=held_out(test_size, index),
+                                          stratify=labels, random_state=seed)
             codes[test] = TEST
             index = np.sort(rest)
         if val_size:
             fraction = val_size / (1 - test_size)
-            _, val = train_test_split(index, test_size=fraction, stratify=labels[index],
-                                      random_state=seed)
+            _, val = train_test_split(index, test_size=held_out(fraction, index),
+                                      stratify=labels[index], random_state=seed)
             codes[val] = VAL
     except ValueError as exc:
         raise UserError(f"cannot split {n} images this way ({exc}); lower --test-size/--val-size "
