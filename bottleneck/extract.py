@@ -163,6 +163,7 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
     bar = tqdm(total=n, initial=start, unit="img", desc="extract", disable=not opts.progress,
                dynamic_ncols=True, smoothing=0.1)
     covered, computed, batches = start, 0, 0
+    writer, pending = journal.writer(), []
 
     def finish(index, images, stop):
         """Retry the images TF dropped in [covered, stop) with Pillow, then journal the batch."""
@@ -187,7 +188,10 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
             index = sorted(index + extra_index)
         if feats is None:
             feats = [np.zeros((0, *o.shape[1:]), np.float32) for o in model.outputs]
-        journal.save_batch(stop, index, feats, skipped_index, skipped_reason)
+        pending.append(writer.submit(journal.save_batch, stop, index, feats, skipped_index,
+                                     skipped_reason))
+        while pending and pending[0].done():
+            pending.pop(0).result()  # re-raise a failed write (e.g. disk full) promptly
         computed += len(index)
         bar.update(stop - covered)
         covered = stop
@@ -202,5 +206,8 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
         if covered < n:
             finish([], None, n)
     finally:
+        writer.shutdown(wait=True)
         bar.close()
+    for future in pending:
+        future.result()
     return computed

@@ -44,6 +44,13 @@ class Journal:
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def writer(self):
+        """An ordered background writer: `submit(save_batch, ...)` returns at once, so the
+        network computes the next batch while this one is written; `close()` waits for all."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
+
     def _shards(self) -> list[str]:
         return sorted(glob.glob(os.path.join(self.dir, "upto_*.npz")))
 
@@ -61,9 +68,7 @@ class Journal:
             np.savez(handle, index=np.asarray(index, dtype=np.int64),
                      skipped_index=np.asarray(skipped_index, dtype=np.int64),
                      skipped_reason=np.asarray(skipped_reason, dtype=str), **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # no fsync: a killed process loses nothing the OS already holds
 
     def collect(self):
         """(ok plan indices in order, [(plan index, reason)] skipped) over all finished batches."""

@@ -1,0 +1,161 @@
+"""Extraction speed and memory: our `extract` against the stock Keras route, in one process.
+
+    python bench/extract.py --case mobilenet-flowers   # MobileNet 0.25 on ../shared/data/flowers5
+    python bench/extract.py --case vgg16 --n 96        # VGG16 block5_pool, 224 px JPEGs, fp32/bf16
+    python bench/extract.py --case memory --n 256      # peak RSS at 1x and 4x the images
+
+The stock route is `keras.utils.image_dataset_from_directory(shuffle=False)` + the family's
+`preprocess_input` + `model.predict`, with the same body and weights. Ratios, not absolute times,
+are the figures to read on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bottleneck.quiet  # noqa: E402,F401
+import numpy as np  # noqa: E402
+
+from bench.common import matmul_peak, model_flops, peak_rss_mb  # noqa: E402
+from bottleneck.extract import ExtractOptions, run_extract  # noqa: E402
+from bottleneck.network import build_feature_model  # noqa: E402
+from bottleneck.registry import get_backbone  # noqa: E402
+from features.store import Cache  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+FLOWERS = os.path.join(SHARED, "data", "flowers5")
+MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
+
+
+def subset(n: int, dest: str) -> str:
+    """The first n/5 JPEGs of each flowers class (or drawn JPEGs without ../shared)."""
+    if os.path.isdir(FLOWERS):
+        for name in sorted(os.listdir(FLOWERS)):
+            os.makedirs(os.path.join(dest, name), exist_ok=True)
+            for f in sorted(os.listdir(os.path.join(FLOWERS, name)))[: max(1, n // 5)]:
+                shutil.copy(os.path.join(FLOWERS, name, f), os.path.join(dest, name, f))
+    else:
+        from bottleneck.synthetic import make_image_folder
+        make_image_folder(dest, n_per_class=max(1, n // 4), size=227, ext=".jpg")
+    return dest
+
+
+def stock_route(folder, backbone, weights, alpha, layer, size, batch_size=32):
+    """Keras' documented route; returns (seconds, features)."""
+    import keras
+
+    row = get_backbone(backbone)
+    start = time.perf_counter()
+    kwargs = {"alpha": alpha} if row.alphas else {}
+    if weights is None:
+        keras.utils.set_random_seed(0)
+    body = getattr(keras.applications, row.constructor)(
+        include_top=False, weights=weights, input_shape=(size, size, 3), **kwargs)
+    x = keras.layers.GlobalAveragePooling2D()(body.get_layer(layer).output)
+    model = keras.Model(body.input, x)
+    pre = getattr(keras.applications, row.preprocess).preprocess_input
+    ds = keras.utils.image_dataset_from_directory(folder, shuffle=False, image_size=(size, size),
+                                                  batch_size=batch_size, verbose=False)
+    feats = model.predict(ds.map(lambda im, lab: pre(im)), verbose=0)
+    return time.perf_counter() - start, feats
+
+
+def our_route(folder, backbone, weights, alpha, layer, size, precision="float32", batch_size=32):
+    out = tempfile.mktemp(suffix=".h5")
+    start = time.perf_counter()
+    result = run_extract(ExtractOptions(
+        data=folder, backbone=backbone, alpha=alpha, weights=weights or "none", layers=(layer,),
+        image_size=size, batch_size=batch_size, test_size=0, val_size=0, out=out, progress=False,
+        precision=precision), say=lambda *a: None)
+    seconds = time.perf_counter() - start
+    with Cache(out) as cache:
+        feats = cache.features(layer)
+    os.remove(out)
+    return seconds, feats, result["n_images"]
+
+
+def case_mobilenet(args):
+    if not os.path.isdir(FLOWERS):
+        sys.exit("needs ../shared/data/flowers5")
+    n = sum(len(os.listdir(os.path.join(FLOWERS, c))) for c in os.listdir(FLOWERS))
+    ours = our_route(FLOWERS, "mobilenet", MOBILENET, 0.25, "conv_pw_13_relu", 224)
+    stock = stock_route(FLOWERS, "mobilenet", MOBILENET, 0.25, "conv_pw_13_relu", 224)
+    diff = np.abs(ours[1] - stock[1]).max() / np.abs(stock[1]).max()
+    return {"case": "mobilenet-0.25 flowers5 224px", "images": n,
+            "ours_img_s": round(n / ours[0], 1), "stock_img_s": round(n / stock[0], 1),
+            "ratio": round(stock[0] / ours[0], 2), "target_ratio": 1.3,
+            "features_max_rel_diff": float(diff)}
+
+
+def case_vgg16(args):
+    tmp = tempfile.mkdtemp()
+    folder = subset(args.n, os.path.join(tmp, "data"))
+    row = get_backbone("vgg16")
+    model, _ = build_feature_model(row, weights=None, image_size=224, alpha=None,
+                                   layer_specs=["block5_pool"], pool="avg")
+    flops = model_flops(model)
+    peak32, peak16 = matmul_peak("float32"), matmul_peak("bfloat16")
+    fp32 = our_route(folder, "vgg16", None, None, "block5_pool", 224)
+    bf16 = our_route(folder, "vgg16", None, None, "block5_pool", 224, precision="bfloat16")
+    stock = stock_route(folder, "vgg16", None, None, "block5_pool", 224)
+    n = fp32[2]
+    rel = float(np.linalg.norm(bf16[1] - fp32[1]) / np.linalg.norm(fp32[1]))
+    shutil.rmtree(tmp)
+    return {"case": "vgg16 block5_pool 224px JPEG", "images": n, "gflops_per_image":
+            round(flops / 1e9, 2), "peak_fp32_gflops": round(peak32 / 1e9, 1),
+            "peak_bf16_gflops": round(peak16 / 1e9, 1),
+            "ours_fp32_img_s": round(n / fp32[0], 2), "ours_bf16_img_s": round(n / bf16[0], 2),
+            "stock_img_s": round(n / stock[0], 2),
+            "fp32_fraction_of_peak": round(n / fp32[0] * flops / peak32, 3), "target_fp32": 0.8,
+            "bf16_over_fp32": round(fp32[0] / bf16[0], 2), "target_bf16": 1.8,
+            "bf16_rel_diff": round(rel, 4), "ours_over_stock": round(stock[0] / fp32[0], 2)}
+
+
+def case_memory(args):
+    tmp = tempfile.mkdtemp()
+    out = {}
+    for factor in (1, 4):
+        folder = subset(args.n * factor, os.path.join(tmp, f"data{factor}"))
+        proc = subprocess.run([sys.executable, __file__, "--case", "_rss", "--folder", folder],
+                              capture_output=True, text=True)
+        out[f"peak_rss_mb_{factor}x"] = json.loads(proc.stdout.strip().splitlines()[-1])["rss"]
+        out[f"images_{factor}x"] = sum(len(f) for _, _, f in os.walk(folder))
+    shutil.rmtree(tmp)
+    out["growth_4x_over_1x"] = round(out["peak_rss_mb_4x"] / out["peak_rss_mb_1x"], 3)
+    return {"case": "memory, mobilenet 224px", **out}
+
+
+def case_rss(args):
+    weights = MOBILENET if os.path.isfile(MOBILENET) else "none"
+    our_route(args.folder, "mobilenet", weights if weights != "none" else None, 0.25,
+              "conv_pw_13_relu", 224)
+    print(json.dumps({"rss": round(peak_rss_mb(), 1)}))
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=["mobilenet-flowers", "vgg16", "memory", "_rss"],
+                        required=True)
+    parser.add_argument("--n", type=int, default=100, help="images for vgg16/memory cases")
+    parser.add_argument("--folder")
+    args = parser.parse_args()
+    result = {"mobilenet-flowers": case_mobilenet, "vgg16": case_vgg16, "memory": case_memory,
+              "_rss": case_rss}[args.case](args)
+    if result:
+        print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
