@@ -6,9 +6,12 @@ default input size, its default tap layer and its width multipliers, like timm's
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 from . import quiet  # noqa: F401  (must precede keras)
@@ -140,8 +143,12 @@ def build_body(row: Backbone, *, weights: str | None, image_size: int, alpha: fl
     if weights is None:
         keras.utils.set_random_seed(0)  # random init is reproducible: resumes and rebuilds agree
     try:
-        body = constructor(include_top=False, weights=weights,
-                           input_shape=(image_size, image_size, 3), **kwargs)
+        # Keras prints download progress to stdout (which --json keeps for JSON) and warns when
+        # ImageNet weights made at 224 px are loaded at another size (convolutions do not care)
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input_shape.*", category=UserWarning)
+            body = constructor(include_top=False, weights=weights,
+                               input_shape=(image_size, image_size, 3), **kwargs)
     except ValueError as exc:
         raise UserError(f"{row.name}: {exc}".splitlines()[0]) from exc
     except Exception as exc:  # offline download, corrupt or mismatched weights file

@@ -28,12 +28,13 @@ def run(args, say):
         make_image_folder(images, n_per_class=args.n_per_class, size=args.image_size)
     say(f"demo: {len(PATTERNS)} classes x {args.n_per_class} drawn images in {images}/")
     opts = dict(data=images, backbone="mobilenet", alpha=0.25, image_size=args.image_size,
-                pool="avgmax", out=os.path.join(args.dir, "features.h5"), progress=not args.json)
+                pool="avgmax", out=os.path.join(args.dir, "features.h5"), overwrite=True,
+                progress=not args.json)
     try:
         extracted = run_extract(ExtractOptions(weights="imagenet", **opts), say=say)
     except WeightsUnavailable:
         say("notice: ImageNet weights cannot be downloaded here (offline?); using random init")
-        extracted = run_extract(ExtractOptions(weights="none", overwrite=True, **opts), say=say)
+        extracted = run_extract(ExtractOptions(weights="none", **opts), say=say)
     if not extracted.get("already_complete"):
         say_summary(extracted, say)
     result = {"extract": extracted}
