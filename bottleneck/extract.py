@@ -42,6 +42,7 @@ class ExtractOptions:
     precision: str = "float32"
     progress: bool = True
     stop_after: int | None = None   # for tests: stop (as if killed) after this many batches
+    steady_rate: float | None = None  # set by the run: img/s after the first batch
 
 
 def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_size) -> str:
@@ -69,7 +70,7 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
 
     model, taps = build_feature_model(row, weights=weights, image_size=image_size, alpha=alpha,
                                       layer_specs=list(opts.layers) or default_layer_specs(row),
-                                      pool=opts.pool, precision=opts.precision)
+                                      pool=opts.pool, precision=opts.precision, fold_bn=True)
     layer_names = [name for name, _ in taps]
     config = CacheConfig(
         data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
@@ -138,6 +139,7 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
         "path": out, "n_images": len(ok), "n_skipped": len(skipped), "n_computed": computed,
         "resumed": resumed, "already_complete": False, "seconds": round(seconds, 2),
         "images_per_second": round(computed / seconds, 2) if seconds else None,
+        "steady_images_per_second": round(opts.steady_rate, 2) if opts.steady_rate else None,
         "file_mb": round(os.path.getsize(out) / 2**20, 3), "backbone": row.name, "alpha": alpha,
         "weights": config.weights, "image_size": image_size, "pool": opts.pool,
         "layers": layer_names, "features": {k: v for k, v in plan["feature_shapes"].items()},
@@ -164,6 +166,7 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
                dynamic_ncols=True, smoothing=0.1)
     covered, computed, batches = start, 0, 0
     writer, pending = journal.writer(), []
+    steady = {}  # images and time after the first batch (tracing, warm-up) is done
 
     def finish(index, images, stop):
         """Retry the images TF dropped in [covered, stop) with Pillow, then journal the batch."""
@@ -201,6 +204,8 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
             index = index.numpy()
             finish(index.tolist(), images, int(index[-1]) + 1)
             batches += 1
+            if batches == 1:
+                steady.update(start=time.perf_counter(), computed=computed)
             if opts.stop_after is not None and batches >= opts.stop_after:
                 return None
         if covered < n:
@@ -210,4 +215,6 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
         bar.close()
     for future in pending:
         future.result()
+    if steady and computed > steady["computed"]:
+        opts.steady_rate = (computed - steady["computed"]) / (time.perf_counter() - steady["start"])
     return computed

@@ -99,12 +99,21 @@ def precision_policy(precision: str):
 
 
 def build_feature_model(row: Backbone, *, weights, image_size: int, alpha, layer_specs, pool: str,
-                        precision: str = "float32"):
-    """(model, [(layer name, index)]): float32 RGB in [0, 255] -> one pooled float32 output per tap."""
+                        precision: str = "float32", fold_bn: bool = False):
+    """(model, [(layer name, index)]): float32 RGB in [0, 255] -> one pooled float32 output per tap.
+
+    `fold_bn` folds BatchNorm into the convolutions (inference only: extraction and prediction);
+    only in float32, since a folded bias added in bfloat16/float16 loses the precision that Keras'
+    float32 BatchNorm arithmetic keeps.
+    """
     with precision_policy(precision):
         body = build_body(row, weights=weights, image_size=image_size, alpha=alpha)
         taps = resolve_layers(body, layer_specs)
-        cut = keras.Model(body.inputs, [body.layers[i].output for _, i in taps],
+        if fold_bn and precision == "float32":
+            from .fold import fold_batchnorm
+
+            body = fold_batchnorm(body)
+        cut = keras.Model(body.inputs, [body.get_layer(name).output for name, _ in taps],
                           name=f"{row.name}_taps")
         cut.trainable = False
         inputs = keras.Input((image_size, image_size, 3), name="image", dtype="float32")
@@ -133,7 +142,8 @@ def compiled_forward(model):
     return forward
 
 
-def feature_model_from_provenance(prov: dict, weights: str | None = None, precision=None):
+def feature_model_from_provenance(prov: dict, weights: str | None = None, precision=None,
+                                  fold_bn: bool = False):
     """Rebuild the exact feature network a cache (or a head's provenance) was made with.
 
     `prov` holds backbone, alpha, weights ('imagenet' | 'none' | 'sha256:...'), weights_path,
@@ -158,7 +168,8 @@ def feature_model_from_provenance(prov: dict, weights: str | None = None, precis
     model, taps = build_feature_model(
         get_backbone(prov["backbone"]), weights=source, image_size=int(prov["image_size"]),
         alpha=prov.get("alpha"), layer_specs=[str(i) for i in prov["layer_indices"]],
-        pool=prov["pool"], precision=precision or prov.get("precision") or "float32")
+        pool=prov["pool"], precision=precision or prov.get("precision") or "float32",
+        fold_bn=fold_bn)
     names = [name for name, _ in taps]
     if names != list(prov["layers"]):
         raise UserError(f"rebuilt taps {names} differ from the recorded {prov['layers']}; "
