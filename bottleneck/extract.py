@@ -18,7 +18,7 @@ from features.split import assign_split, split_counts
 from features.store import Cache, CacheConfig, write_cache
 
 from .errors import UserError
-from .images import image_dataset, load_with_pillow, scan_folder
+from .images import augmented_views, decode_with_pillow, image_dataset, scan_folder
 from .network import build_feature_model, compiled_forward, default_layer_specs
 from .registry import check_weights_arg, get_backbone, weights_id
 from .versions import library_versions
@@ -40,6 +40,7 @@ class ExtractOptions:
     out: str | None = None
     overwrite: bool = False
     precision: str = "float32"
+    views: int = 0                  # augmented views per image, stored beside the plain view
     progress: bool = True
     stop_after: int | None = None   # for tests: stop (as if killed) after this many batches
     steady_rate: float | None = None  # set by the run: img/s after the first batch
@@ -59,6 +60,8 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
     weights = check_weights_arg(opts.weights)
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if opts.views < 0:
+        raise UserError("--views must be 0 (plain view only) or more")
     image_size = opts.image_size or row.default_size
     alpha = None if not row.alphas else float(opts.alpha if opts.alpha is not None else 1.0)
     if opts.alpha is not None and not row.alphas and float(opts.alpha) != 1.0:
@@ -72,13 +75,17 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
                                       layer_specs=list(opts.layers) or default_layer_specs(row),
                                       pool=opts.pool, precision=opts.precision, fold_bn=True)
     layer_names = [name for name, _ in taps]
+    datasets = {f"features/{n}": list(o.shape[1:]) for n, o in zip(layer_names, model.outputs)}
+    if opts.views:
+        datasets.update({f"views/{n}": [opts.views, *o.shape[1:]]
+                         for n, o in zip(layer_names, model.outputs)})
     config = CacheConfig(
         data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
         image_size=image_size, pool=opts.pool, layers=tuple(layer_names),
         layer_indices=tuple(i for _, i in taps), preprocess=row.preprocess,
         precision=opts.precision, seed=opts.seed,
         test_size=0.0 if folder.split is not None else opts.test_size,
-        val_size=0.0 if folder.split is not None else opts.val_size)
+        val_size=0.0 if folder.split is not None else opts.val_size, views=opts.views)
     out = opts.out or default_out_path(folder.root, row.name, alpha, layer_names, opts.pool,
                                        image_size)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -106,7 +113,7 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
         journal.start({
             "config": config.to_json(), "class_names": folder.class_names,
             "paths": folder.paths, "labels": folder.labels.tolist(), "split": split.tolist(),
-            "feature_shapes": {n: list(o.shape[1:]) for n, o in zip(layer_names, model.outputs)},
+            "datasets": datasets,
         })
     plan = journal.plan
     paths = plan["paths"]
@@ -129,7 +136,7 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
     labels = np.asarray(plan["labels"])[ok]
     write_cache(out, config, class_names=plan["class_names"], paths=[paths[i] for i in ok],
                 labels=labels, split=np.asarray(plan["split"], dtype=np.uint8)[ok],
-                shards=journal.iter_rows(layer_names), feature_shapes=plan["feature_shapes"],
+                shards=journal.iter_rows(list(plan["datasets"])), datasets=plan["datasets"],
                 skipped=[(paths[i], reason) for i, reason in skipped],
                 versions=library_versions(), created=datetime.now(timezone.utc).isoformat(),
                 weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
@@ -142,7 +149,9 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
         "steady_images_per_second": round(opts.steady_rate, 2) if opts.steady_rate else None,
         "file_mb": round(os.path.getsize(out) / 2**20, 3), "backbone": row.name, "alpha": alpha,
         "weights": config.weights, "image_size": image_size, "pool": opts.pool,
-        "layers": layer_names, "features": {k: v for k, v in plan["feature_shapes"].items()},
+        "layers": layer_names, "views": opts.views,
+        "features": {k.split("/", 1)[1]: v for k, v in plan["datasets"].items()
+                     if k.startswith("features/")},
         "split": split_counts(np.asarray(plan["split"])[ok]), "classes": plan["class_names"],
         "skipped": [{"path": paths[i], "reason": reason} for i, reason in skipped],
     }
@@ -154,44 +163,58 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
 
     Returns the number of images computed, or None when stopped early by `opts.stop_after`.
     """
+    import tensorflow as tf
     from tqdm import tqdm
 
     n = len(paths)
     if start >= n:
         return 0
     forward = compiled_forward(model)
+    shapes = list(journal.plan["datasets"].values())
     absolute = [os.path.join(root, p) for p in paths[start:]]
-    dataset = image_dataset(absolute, range(start, n), image_size, opts.batch_size)
+    dataset = image_dataset(absolute, range(start, n), image_size, opts.batch_size,
+                            views=opts.views, seed=opts.seed)
     bar = tqdm(total=n, initial=start, unit="img", desc="extract", disable=not opts.progress,
                dynamic_ncols=True, smoothing=0.1)
     covered, computed, batches = start, 0, 0
     writer, pending = journal.writer(), []
     steady = {}  # images and time after the first batch (tracing, warm-up) is done
 
-    def finish(index, images, stop):
+    def compute(images, views):
+        """Arrays for one batch, in the plan's dataset order: features/*, then views/*."""
+        out = [f.numpy() for f in forward(images)]
+        if opts.views:
+            flat = tf.reshape(views, (-1, image_size, image_size, 3))
+            out += [f.numpy().reshape(len(images), opts.views, *f.shape[1:])
+                    for f in forward(flat)]
+        return out
+
+    def finish(index, images, views, stop):
         """Retry the images TF dropped in [covered, stop) with Pillow, then journal the batch."""
         nonlocal covered, computed
         index = list(index)
         missing = sorted(set(range(covered, stop)) - set(index))
-        skipped_index, skipped_reason, extra_index, extra_images = [], [], [], []
+        skipped_index, skipped_reason, extra_index, extra_images, extra_views = [], [], [], [], []
         for i in missing:
-            image, reason = load_with_pillow(os.path.join(root, paths[i]), image_size)
-            if image is None:
+            decoded, reason = decode_with_pillow(os.path.join(root, paths[i]))
+            if decoded is None:
                 skipped_index.append(i)
                 skipped_reason.append(reason)
-            else:
-                extra_index.append(i)
-                extra_images.append(image)
-        feats = [f.numpy() for f in forward(images)] if len(index) else None
+                continue
+            extra_index.append(i)
+            extra_images.append(tf.image.resize(decoded, (image_size, image_size)))
+            if opts.views:
+                extra_views.append(augmented_views(decoded, i, opts.seed, opts.views, image_size))
+        arrays = compute(images, views) if len(index) else None
         if extra_images:
-            extra = [f.numpy() for f in forward(np.stack(extra_images))]
+            extra = compute(tf.stack(extra_images), tf.stack(extra_views) if opts.views else None)
             order = np.argsort(index + extra_index, kind="stable")
-            feats = extra if feats is None else [np.concatenate([a, b])[order]
-                                                 for a, b in zip(feats, extra)]
+            arrays = extra if arrays is None else [np.concatenate([a, b])[order]
+                                                   for a, b in zip(arrays, extra)]
             index = sorted(index + extra_index)
-        if feats is None:
-            feats = [np.zeros((0, *o.shape[1:]), np.float32) for o in model.outputs]
-        pending.append(writer.submit(journal.save_batch, stop, index, feats, skipped_index,
+        if arrays is None:
+            arrays = [np.zeros((0, *shape), np.float32) for shape in shapes]
+        pending.append(writer.submit(journal.save_batch, stop, index, arrays, skipped_index,
                                      skipped_reason))
         while pending and pending[0].done():
             pending.pop(0).result()  # re-raise a failed write (e.g. disk full) promptly
@@ -200,16 +223,16 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
         covered = stop
 
     try:
-        for index, images in dataset:
+        for index, images, *views in dataset:
             index = index.numpy()
-            finish(index.tolist(), images, int(index[-1]) + 1)
+            finish(index.tolist(), images, views[0] if views else None, int(index[-1]) + 1)
             batches += 1
             if batches == 1:
                 steady.update(start=time.perf_counter(), computed=computed)
             if opts.stop_after is not None and batches >= opts.stop_after:
                 return None
         if covered < n:
-            finish([], None, n)
+            finish([], None, None, n)
     finally:
         writer.shutdown(wait=True)
         bar.close()

@@ -86,31 +86,100 @@ def scan_folder(root: str) -> ImageFolder:
                        np.asarray(split, dtype=np.uint8) if presplit else None, ignored)
 
 
-def _decode_resize(path, image_size: int):
+def _decode(path):
     import tensorflow as tf
 
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
+    return image
+
+
+def _resize(image, image_size: int):
+    import tensorflow as tf
+
     return tf.image.resize(image, (image_size, image_size), method="bilinear")
 
 
-def image_dataset(paths: list[str], indices, image_size: int, batch_size: int):
-    """Batches of (plan index, float32 image in [0, 255]) in input order; undecodable images are
-    dropped from the stream, and their missing indices tell the caller which ones they were."""
+def _decode_resize(path, image_size: int):
+    return _resize(_decode(path), image_size)
+
+
+# Augmented views (extract --views K): ranges of the random resized crop, flip, rotation and
+# colour jitter. Each view's randomness is a pure function of (seed, image index, view number),
+# so views do not depend on batching, resumption or the order of the work.
+VIEW_AUGMENT = {"crop_area": (0.5, 1.0), "crop_aspect": (3 / 4, 4 / 3), "flip": 0.5,
+                "rotation_degrees": 10.0, "brightness": 0.15, "contrast": 0.2, "saturation": 0.2}
+
+
+def augmented_views(image, index, seed: int, views: int, image_size: int):
+    """(views, S, S, 3) float32 in [0, 255]: seeded augmented views of one decoded image."""
+    import math
+
     import tensorflow as tf
+
+    cfg = VIEW_AUGMENT
+    out = []
+    for v in range(views):
+        key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64) * 1024 + v * 8])
+
+        def sub(k, key=key):
+            return key + tf.constant([0, k], tf.int64)
+
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([1, 0, 4], tf.float32), seed=sub(0),
+            min_object_covered=0.0, aspect_ratio_range=cfg["crop_aspect"],
+            area_range=cfg["crop_area"], use_image_if_no_bounding_boxes=True)
+        x = _resize(tf.slice(image, begin, size), image_size) / 255.0
+        flip = tf.random.stateless_uniform([], sub(1)) < cfg["flip"]
+        x = tf.where(flip, tf.image.flip_left_right(x), x)
+        angle = tf.random.stateless_uniform([], sub(2), -1.0, 1.0) * cfg["rotation_degrees"]
+        x = _rotate(x, angle * math.pi / 180.0)
+        x = tf.image.stateless_random_brightness(x, cfg["brightness"], sub(3))
+        x = tf.image.stateless_random_contrast(x, 1 - cfg["contrast"], 1 + cfg["contrast"], sub(4))
+        x = tf.image.stateless_random_saturation(x, 1 - cfg["saturation"],
+                                                 1 + cfg["saturation"], sub(5))
+        out.append(tf.clip_by_value(x, 0.0, 1.0) * 255.0)
+    return tf.stack(out)
+
+
+def _rotate(image, radians):
+    """Rotate an (S, S, 3) image about its centre, reflecting at the borders."""
+    import tensorflow as tf
+
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    c, s = tf.cos(radians), tf.sin(radians)
+    centre = (size - 1) / 2
+    # output (x, y) samples input (c*x - s*y + a, s*x + c*y + b), keeping the centre fixed
+    a = centre - c * centre + s * centre
+    b = centre - s * centre - c * centre
+    transform = tf.stack([c, -s, a, s, c, b, 0.0, 0.0])[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+
+
+def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, views: int = 0,
+                  seed: int = 0):
+    """Batches of (plan index, float32 image in [0, 255][, views]) in input order; undecodable
+    images are dropped from the stream, and their missing indices tell the caller which."""
+    import tensorflow as tf
+
+    def load(i, p):
+        image = _decode(p)
+        if views:
+            return i, _resize(image, image_size), augmented_views(image, i, seed, views,
+                                                                  image_size)
+        return i, _resize(image, image_size)
 
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(indices, dtype=np.int64),
                                              np.asarray(paths, dtype=object).astype(str)))
-    ds = ds.map(lambda i, p: (i, _decode_resize(p, image_size)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()
     return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
 
 
-def load_with_pillow(path: str, image_size: int):
-    """(float32 image, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
-    import tensorflow as tf
+def decode_with_pillow(path: str):
+    """(uint8 RGB array, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -118,11 +187,17 @@ def load_with_pillow(path: str, image_size: int):
             return None, "empty file (0 bytes)"
         with Image.open(path) as img:
             img.load()
-            array = np.asarray(img.convert("RGB"))
+            return np.asarray(img.convert("RGB")), None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         return None, f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-    resized = tf.image.resize(array, (image_size, image_size), method="bilinear")
-    return resized.numpy().astype(np.float32), None
+
+
+def load_with_pillow(path: str, image_size: int):
+    """(float32 image, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
+    array, reason = decode_with_pillow(path)
+    if array is None:
+        return None, reason
+    return _resize(array, image_size).numpy().astype(np.float32), None
 
 
 def load_batch(paths: list[str], image_size: int):

@@ -59,10 +59,12 @@ class Journal:
         shards = self._shards()
         return int(os.path.basename(shards[-1])[5:-4]) if shards else 0
 
-    def save_batch(self, stop: int, index, features: list, skipped_index, skipped_reason) -> None:
-        """Record one finished batch covering plan items up to `stop` (exclusive), atomically."""
+    def save_batch(self, stop: int, index, arrays: list, skipped_index, skipped_reason) -> None:
+        """Record one finished batch covering plan items up to `stop` (exclusive), atomically.
+
+        `arrays` holds one array per dataset of the plan, in the plan's order."""
         path = os.path.join(self.dir, f"upto_{stop:010d}.npz")
-        arrays = {f"f{i}": np.asarray(f, dtype=np.float32) for i, f in enumerate(features)}
+        arrays = {f"f{i}": np.asarray(f, dtype=np.float32) for i, f in enumerate(arrays)}
         tmp = path + ".tmp"
         with open(tmp, "wb") as handle:
             np.savez(handle, index=np.asarray(index, dtype=np.int64),
@@ -80,14 +82,14 @@ class Journal:
                                    shard["skipped_reason"].tolist()))
         return ok, skipped
 
-    def iter_rows(self, layers: list[str]):
-        """Yield (row_start, {layer: features}) shard by shard, one shard in memory at a time."""
+    def iter_rows(self, names: list[str]):
+        """Yield (row_start, {dataset name: array}) shard by shard, one shard in memory at a time."""
         row = 0
         for path in self._shards():
             with np.load(path) as shard:
                 count = len(shard["index"])
                 if count:
-                    yield row, {layer: shard[f"f{i}"] for i, layer in enumerate(layers)}
+                    yield row, {name: shard[f"f{i}"] for i, name in enumerate(names)}
                 row += count
 
     def check_matches(self, config_json: dict) -> None:

@@ -3,12 +3,14 @@
 Layout of one cache file (FORMAT_VERSION 1)::
 
     /features/<layer>   float32 (N, D) pooled, or (N, H, W, C) with pool 'none'; chunked by rows
+    /views/<layer>      float32 (N, K, ...) K augmented views per image (only with views > 0;
+                        axis 1 is the view index; the plain view is /features/<layer>)
     /labels             int32 (N,)    index into attrs['class_names']
     /paths              utf-8 (N,)    image path relative to attrs['data_dir']
     /split              uint8 (N,)    codes named by /split.attrs['names'] = [train, val, test]
     /skipped/paths      utf-8 (M,)    images that could not be decoded, with
     /skipped/reasons    utf-8 (M,)    why
-    attrs: format_version, complete, class_names, backbone, alpha, weights, image_size, pool,
+    attrs: format_version, complete, class_names, views, backbone, alpha, weights, image_size, pool,
            layers, layer_indices, preprocess, precision, seed, test_size, val_size, data_dir,
            versions, created, n_images, weights_path (where a local weights file was read;
            its identity is the sha256 in 'weights')
@@ -53,6 +55,7 @@ class CacheConfig:
     seed: int
     test_size: float
     val_size: float
+    views: int = 0        # augmented views per image (seeded by `seed`), besides the plain one
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -67,7 +70,7 @@ class CacheConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> "CacheConfig":
-        fields = {k: data[k] for k in cls.__dataclass_fields__}
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         fields["layers"] = tuple(fields["layers"])
         fields["layer_indices"] = tuple(int(i) for i in fields["layer_indices"])
         return cls(**fields)
@@ -80,22 +83,23 @@ def _chunk_rows(row_shape) -> int:
 
 
 def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, split, shards,
-                feature_shapes: dict, skipped, versions: dict, created: str,
+                datasets: dict, skipped, versions: dict, created: str,
                 weights_path: str | None = None) -> None:
-    """Write a complete cache atomically from `shards`, an iterable of (row_start, {layer: array}).
+    """Write a complete cache atomically from `shards`, an iterable of (row_start, {name: array}).
 
+    `datasets` maps each array name ('features/<layer>', 'views/<layer>') to its row shape.
     `shards` must cover rows 0..len(paths) in increasing, contiguous order; nothing but the final
     rename makes the file visible under `path`.
     """
     n = len(paths)
     tmp = path + ".tmp"
     with h5py.File(tmp, "w") as f:
-        group = f.create_group("features")
+        f.create_group("features")
         dsets = {}
-        for layer, shape in feature_shapes.items():
+        for name, shape in datasets.items():
             shape = tuple(int(s) for s in shape)
-            dsets[layer] = group.create_dataset(
-                layer, shape=(n, *shape), dtype="float32",
+            dsets[name] = f.create_dataset(
+                name, shape=(n, *shape), dtype="float32",
                 chunks=(max(1, min(n, _chunk_rows(shape))), *shape) if n else None)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
         f.create_dataset("paths", data=np.asarray(list(paths), dtype=object), dtype=STR)
@@ -111,8 +115,8 @@ def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, s
             count = len(next(iter(arrays.values()))) if arrays else 0
             if start != written:
                 raise RuntimeError(f"cache rows out of order: expected {written}, got {start}")
-            for layer, values in arrays.items():
-                dsets[layer][start:start + count] = values
+            for name, values in arrays.items():
+                dsets[name][start:start + count] = values
             written += count
         if written != n:
             raise RuntimeError(f"cache incomplete: {written} of {n} rows written")
@@ -189,6 +193,26 @@ class Cache:
             raise UserError(f"layer {layer!r} is not in {self.path}; it holds: {', '.join(self.layers)}")
         return self._file["features"][layer]
 
+    @property
+    def n_views(self) -> int:
+        return int(self.attrs.get("views", 0) or 0)
+
+    def view_features(self, layer: str, rows=None) -> np.ndarray:
+        """Augmented views of `layer` for `rows`: (n, K, D) flattened per view; K may be 0."""
+        n = len(self) if rows is None else int(np.asarray(rows).sum() if np.asarray(rows).dtype
+                                                 == bool else len(rows))
+        if not self.n_views:
+            return np.empty((n, 0, self.feature_dim(layer)), np.float32)
+        self.dataset(layer)  # a clear error for an unknown layer
+        dset = self._file["views"][layer]
+        if rows is None:
+            data = dset[:]
+        else:
+            rows = np.asarray(rows)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
+            data = dset[rows] if len(rows) else np.empty((0, *dset.shape[1:]), np.float32)
+        return data.reshape(len(data), data.shape[1], -1)
+
     def feature_dim(self, layer: str) -> int:
         return int(np.prod(self.dataset(layer).shape[1:]))
 
@@ -243,6 +267,7 @@ class Cache:
             "split": counts,
             "classes": {c: int(k) for c, k in zip(self.class_names, per_class)},
             "features": {layer: list(self.dataset(layer).shape[1:]) for layer in self.layers},
+            "views": self.n_views,
             **{k: self.attrs[k] for k in ("backbone", "alpha", "weights", "image_size", "pool",
                                           "layers", "preprocess", "precision", "seed", "test_size",
                                           "val_size", "data_dir", "created", "versions")},

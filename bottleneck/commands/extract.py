@@ -32,6 +32,10 @@ def add_parser(sub):
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="compute precision: bfloat16 on AVX-512 CPUs or float16 on GPUs is faster; "
                         "features are stored as float32 (default float32)")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="also store K augmented views per image (random resized crop, flip, small "
+                        "rotation, colour jitter; seeded by --seed) so heads can train on "
+                        "augmented data; costs K extra forward passes per image (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.h5",
                    help="cache file (default features/<data>_<backbone>_<layer>_<pool>_<size>.h5)")
     p.add_argument("--overwrite", action="store_true",
@@ -45,6 +49,7 @@ def run(args, say):
         layers=tuple(args.layers), pool=args.pool, image_size=args.image_size,
         batch_size=args.batch_size, test_size=args.test_size, val_size=args.val_size,
         seed=args.seed, out=args.out, overwrite=args.overwrite, precision=args.precision,
+        views=args.views,
         progress=not args.json), say=say)
     if not result.get("already_complete"):
         say_summary(result, say)
@@ -58,7 +63,8 @@ def say_summary(result: dict, say):
         f"({result['images_per_second'] or 0:.1f} img/s) -> {result['path']} "
         f"({result['file_mb']:.2f} MB)")
     say(f"  {result['backbone']} weights={result['weights']} size={result['image_size']} "
-        f"pool={result['pool']}: {dims}")
+        f"pool={result['pool']}: {dims}"
+        + (f" (+{result['views']} augmented views each)" if result.get("views") else ""))
     say(f"  split: {result['split']}; classes: {', '.join(result['classes'])}")
     if result["n_skipped"]:
         say(f"  skipped {result['n_skipped']} unreadable image(s):")
