@@ -585,4 +585,6 @@ def load_features(cache, layers, rows) -> np.ndarray:
     if rows.dtype == bool:
         rows = np.flatnonzero(rows)
     rows = np.sort(rows)
+    if not len(rows):
+        return np.zeros((0, feature_dim(cache, layers)), np.float32)
     return np.concatenate([cache.features(layer, rows) for layer in layers], axis=1)
