@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import bottleneck.quiet  # noqa: F401  (quiet TensorFlow import before anything else)
 from bottleneck.synthetic import make_image_folder
 

@@ -15,7 +15,8 @@ import sys
 from .. import quiet  # noqa: F401
 from ..errors import UserError
 
-COMMANDS = ["demo", "extract", "layers", "backbones", "info"]
+COMMANDS = ["demo", "extract", "layers", "backbones", "info", "fit-svm", "fit-logistic", "fit-mlp",
+            "fit", "predict"]
 
 
 class _Parser(argparse.ArgumentParser):
