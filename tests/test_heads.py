@@ -27,8 +27,9 @@ def write_synthetic_cache(path, features: dict, labels, class_names, split=None,
     n = len(labels)
     write_cache(str(path), config, class_names=class_names, paths=[f"img{i}.png" for i in range(n)],
                 labels=labels, split=split,
-                shards=[(0, {k: np.asarray(v, np.float32) for k, v in features.items()})],
-                feature_shapes={k: np.asarray(v).shape[1:] for k, v in features.items()},
+                shards=[(0, {f"features/{k}": np.asarray(v, np.float32)
+                             for k, v in features.items()})],
+                datasets={f"features/{k}": np.asarray(v).shape[1:] for k, v in features.items()},
                 skipped=[], versions={}, created="now")
     return str(path)
 
