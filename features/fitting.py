@@ -42,6 +42,8 @@ class FitOptions:
     top_k: int = 3
     mlp: dict = field(default_factory=dict)   # hidden, dropout, max_epochs, patience, ...
     epochs: int = 5                             # passes of the out-of-core SGD route
+    views: bool = True     # train on the cache's augmented views too (extract --views K)
+    tta: bool = False      # score test images on the mean of their plain and augmented views
 
 
 def parse_pca(value):
@@ -75,21 +77,41 @@ class _Data:
                             "--test-size/--val-size")
         check_labels(cache.labels[self.train], cache.class_names)
         self.dim = feature_dim(cache, self.layers)
+        self.views = cache.n_views if opts.views else 0
+        if opts.tta and not cache.n_views:
+            raise UserError(f"--tta needs augmented views in the cache; re-extract with "
+                            f"--views K (e.g. 4)")
+        self.tta = opts.tta
         budget = opts.max_memory_mb or default_memory_budget_mb()
-        need = memory_estimate_mb(len(self.train) + len(self.val), self.dim)
+        need = memory_estimate_mb(len(self.train) * (1 + self.views) + len(self.val), self.dim)
         if opts.route not in ROUTES:
             raise UserError(f"--route {opts.route!r}: choose one of {', '.join(ROUTES)}")
         self.route = opts.route if opts.route != "auto" else (
             "memory" if need <= budget else "out-of-core")
+        if self.route == "out-of-core" and self.views:
+            say("notice: the out-of-core route trains on the plain views only")
+            self.views = 0
         self.memory = {"estimate_mb": round(need, 1), "budget_mb": round(budget, 1)}
         self._xy = None
 
     def xy(self):
+        """(X_train, y_train, X_val, y_val, groups): with views, each training image contributes
+        its plain and K augmented rows, and `groups` names the image of each row."""
         if self._xy is None:
             c = self.cache
-            self._xy = (load_features(c, self.layers, self.train), c.labels[self.train],
-                        load_features(c, self.layers, self.val), c.labels[self.val])
+            X, y, groups = load_features(c, self.layers, self.train), c.labels[self.train], None
+            if self.views:
+                stacked = np.concatenate([X[:, None], self.view_rows(self.train)], axis=1)
+                X = stacked.reshape(-1, stacked.shape[-1])
+                y = np.repeat(y, 1 + self.views)
+                groups = np.repeat(self.train, 1 + self.views)
+            self._xy = (X, y, load_features(c, self.layers, self.val), c.labels[self.val], groups)
         return self._xy
+
+    def view_rows(self, rows) -> np.ndarray:
+        """(n, K, D): the augmented views of `rows`, layers concatenated like the plain view."""
+        return np.concatenate([self.cache.view_features(layer, rows) for layer in self.layers],
+                              axis=2)
 
 
 def _fit_kind(kind, data: _Data, opts: FitOptions, say):
@@ -106,11 +128,11 @@ def _fit_kind(kind, data: _Data, opts: FitOptions, say):
             seed=opts.seed, class_weight=opts.class_weight, refit_on=opts.refit_on, say=say)
         info["requested"] = kind
         return "sgd", pipeline, info
-    X_train, y_train, X_val, y_val = data.xy()
+    X_train, y_train, X_val, y_val, groups = data.xy()
     pipeline, info = fit_head(kind, X_train, y_train, X_val, y_val, scaling=opts.scaling,
                               pca=opts.pca, class_weight=opts.class_weight, seed=opts.seed,
                               folds=opts.folds, n_jobs=opts.n_jobs, refit_on=opts.refit_on,
-                              mlp_params=opts.mlp)
+                              mlp_params=opts.mlp, groups=groups)
     info["route"] = "in-memory"
     return kind, pipeline, info
 
@@ -128,6 +150,11 @@ def _score_test(pipeline, data: _Data, opts: FitOptions):
         proba, y = np.concatenate(parts), np.concatenate(ys)
     else:
         proba = pipeline.predict_proba(load_features(cache, data.layers, data.test))
+        if data.tta:   # the mean over the plain view and every augmented view
+            views = data.view_rows(data.test)
+            for k in range(views.shape[1]):
+                proba = proba + pipeline.predict_proba(views[:, k])
+            proba = proba / (1 + views.shape[1])
         y = cache.labels[data.test]
     names = cache.class_names
     metrics = test_metrics(y, proba, names, top_k=(1, opts.top_k))
@@ -162,6 +189,7 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
         "best_params": info["best_params"], "refit_on": info.get("refit_on"),
         "layer": data.layer, "feature_layers": data.layers, "feature_dim": data.dim,
         "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "views": data.views, "tta": data.tta, "grouped_cv": bool(info.get("grouped_cv")),
         "features": cache.path, "fit_seconds": info["fit_seconds"], "memory": data.memory,
     }
     if table is not None:
@@ -192,6 +220,10 @@ def _open(opts: FitOptions) -> Cache:
 def _say_route(data: _Data, say):
     say(f"features: {data.cache.path} layer {data.layer} ({', '.join(data.layers)}; "
         f"{data.dim}-d); train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
+    if data.views:
+        say(f"training on the plain view + {data.views} augmented views of each training image; "
+            "CV folds keep all views of an image together"
+            + ("; test scored on the mean of all views (TTA)" if data.tta else ""))
     say(f"route: {data.route} (estimated {data.memory['estimate_mb']:.0f} MB of "
         f"{data.memory['budget_mb']:.0f} MB budget"
         + ("; streaming HDF5 chunks through SGD partial_fit)" if data.route == "out-of-core" else ")"))

@@ -22,7 +22,7 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.decomposition import PCA
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
@@ -374,31 +374,39 @@ def check_labels(y, class_names, where="train split"):
                         "re-extract with another --seed/--test-size")
 
 
-def cv_splitter(y, folds: int, seed: int) -> StratifiedKFold:
-    smallest = int(np.bincount(y).min()) if len(y) else 0
+def cv_splitter(y, folds: int, seed: int, groups=None):
+    """Stratified k-fold on the train split; with `groups` (the image of each augmented view),
+    every view of an image stays in one fold, so CV never scores an image whose views it saw."""
+    if groups is None:
+        smallest = int(np.bincount(y).min()) if len(y) else 0
+    else:
+        first = np.unique(np.asarray(groups), return_index=True)[1]
+        smallest = int(np.bincount(np.asarray(y)[first]).min()) if len(first) else 0
     folds = min(int(folds), smallest)
     if folds < 2:
         raise UserError(f"the train split has only {smallest} image(s) in some class; "
                         "cross-validation needs at least 2 per class: add images")
+    if groups is not None:
+        return StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     return StratifiedKFold(folds, shuffle=True, random_state=seed)
 
 
 def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="standard", pca=None,
              class_weight=None, seed=0, folds=5, n_jobs=1, refit_on="train+val", grid=None,
-             mlp_params=None) -> tuple[Pipeline, dict]:
+             mlp_params=None, groups=None) -> tuple[Pipeline, dict]:
     """Choose hyper-parameters by stratified k-fold CV on (X_train, y_train), refit, return
     (fitted pipeline, info with cv scores and chosen params). Never sees any test data."""
     started = time.time()
     pipe = make_pipeline(kind, scaling=scaling, pca=pca, class_weight=class_weight, seed=seed)
     if kind == "mlp" and mlp_params:
         pipe.set_params(**{f"clf__{k}": v for k, v in mlp_params.items()})
-    cv = cv_splitter(y_train, folds, seed)
+    cv = cv_splitter(y_train, folds, seed, groups)
     grid = param_grid(kind) if grid is None else grid
     info = {"kind": kind, "scaling": scaling, "pca": pca, "class_weight": class_weight,
-            "folds": cv.get_n_splits(), "grid": grid}
+            "folds": cv.get_n_splits(), "grid": grid, "grouped_cv": groups is not None}
     if kind == "mlp":
         scores = []
-        for fit_idx, held in cv.split(X_train, y_train):
+        for fit_idx, held in cv.split(X_train, y_train, groups):
             p = clone(pipe)
             _fit_mlp_pipeline(p, X_train[fit_idx], y_train[fit_idx], X_val, y_val)
             scores.append(float(np.mean(p.predict(X_train[held]) == y_train[held])))
@@ -413,7 +421,7 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
         if grid:
             search = GridSearchCV(search_pipe, grid, cv=cv, scoring="accuracy", n_jobs=n_jobs,
                                   refit=False, error_score="raise")
-            search.fit(X_train, y_train)
+            search.fit(X_train, y_train, groups=groups)
             best = search.best_index_
             scores = [float(search.cv_results_[f"split{i}_test_score"][best])
                       for i in range(cv.get_n_splits())]
@@ -426,7 +434,8 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
             from sklearn.model_selection import cross_val_score
 
             scores = [float(s) for s in cross_val_score(search_pipe, X_train, y_train, cv=cv,
-                                                        scoring="accuracy", n_jobs=n_jobs)]
+                                                        scoring="accuracy", n_jobs=n_jobs,
+                                                        groups=groups)]
             best_params, candidates = {}, []
         info.update(best_params=best_params, cv_scores=scores, candidates=candidates)
         final = clone(pipe).set_params(**best_params, **_final_params(kind))

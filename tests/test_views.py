@@ -54,3 +54,78 @@ def test_views_change_the_cache_identity(tiny_folder, tmp_path):
     extract(tiny_folder, tmp_path / "f.h5")
     with pytest.raises(UserError, match="views"):
         extract(tiny_folder, tmp_path / "f.h5", views=2)
+
+
+# ------------------------------------------------------------------ heads on augmented views
+
+def write_view_cache(path, X, V, y, split):
+    """A cache with plain features X (n, d) and views V (n, K, d), written through the store."""
+    from features.store import CacheConfig, write_cache
+
+    config = CacheConfig(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
+                         image_size=32, pool="avg", layers=("a",), layer_indices=(1,),
+                         preprocess="mobilenet", precision="float32", seed=0, test_size=0.25,
+                         val_size=0.0, views=V.shape[1])
+    write_cache(str(path), config, class_names=["p", "q", "r"],
+                paths=[f"img{i}.png" for i in range(len(y))], labels=y, split=split,
+                shards=[(0, {"features/a": X, "views/a": V})],
+                datasets={"features/a": X.shape[1:], "views/a": V.shape[1:]}, skipped=[],
+                versions={}, created="now")
+    return str(path)
+
+
+def view_data(n_per_class=30, k=3, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), n_per_class).astype(np.int32)
+    centres = rng.normal(size=(3, d)) * 2.5
+    X = (centres[y] + rng.normal(size=(len(y), d))).astype(np.float32)
+    V = (X[:, None] + rng.normal(scale=0.5, size=(len(y), k, d))).astype(np.float32)
+    from features.split import assign_split
+    return X, V, y, assign_split(y, test_size=0.25, val_size=0.0, seed=0)
+
+
+def test_grouped_cv_keeps_views_of_an_image_together():
+    from features.heads import cv_splitter
+
+    groups = np.repeat(np.arange(15), 4)           # 15 images x 4 views each
+    y = np.repeat(np.arange(3), 5)[groups]         # 5 images per class
+    cv = cv_splitter(y, 5, 0, groups)
+    seen = {}
+    for fold, (_, held) in enumerate(cv.split(np.zeros((len(y), 1)), y, groups)):
+        for g in np.unique(groups[held]):
+            assert g not in seen, "an image's views were spread over two folds"
+            seen[g] = fold
+            assert set(np.flatnonzero(groups == g)) <= set(held)
+    assert len(seen) == 15
+
+
+def test_heads_train_on_views_and_never_touch_test_views(tmp_path):
+    from features.fitting import FitOptions, fit_one
+
+    X, V, y, split = view_data()
+    V[split == 2] = np.nan            # poison the test images' views: any use would crash
+    path = write_view_cache(tmp_path / "v.h5", X, V, y, split)
+    summary = fit_one("logistic", FitOptions(features=path, out=str(tmp_path / "h.joblib"),
+                                             folds=3), say=lambda *a: None)
+    assert summary["views"] == 3 and summary["grouped_cv"]
+    assert summary["test_accuracy"] > 0.8
+    plain = fit_one("logistic", FitOptions(features=path, out=str(tmp_path / "p.joblib"),
+                                           folds=3, views=False), say=lambda *a: None)
+    assert plain["views"] == 0 and not plain["grouped_cv"]
+
+
+def test_tta_averages_views(tmp_path):
+    from features.fitting import FitOptions, fit_one
+    from features.headfile import load_head
+
+    X, V, y, split = view_data(seed=1)
+    path = write_view_cache(tmp_path / "v.h5", X, V, y, split)
+    out = str(tmp_path / "h.joblib")
+    tta = fit_one("logistic", FitOptions(features=path, out=out, folds=3, tta=True),
+                  say=lambda *a: None)
+    pipe = load_head(out)["pipeline"]
+    test = split == 2
+    proba = (pipe.predict_proba(X[test]) + sum(pipe.predict_proba(V[test][:, k])
+                                               for k in range(3))) / 4
+    assert tta["tta"]
+    assert tta["test_accuracy"] == pytest.approx(float(np.mean(proba.argmax(1) == y[test])))

@@ -44,6 +44,12 @@ def _common(p, out_default: str):
                    help="rows of the final refit of SVM/logistic heads after CV (default "
                         "train+val; the MLP always uses val for early stopping)")
     p.add_argument("--top-k", type=int, default=3, help="k of the top-k accuracy (default 3)")
+    p.add_argument("--no-views", action="store_true",
+                   help="ignore the cache's augmented views (extract --views K); by default heads "
+                        "train on every view of the training images, with grouped CV folds")
+    p.add_argument("--tta", action="store_true",
+                   help="score test images on the mean probability over their plain and "
+                        "augmented views (needs a cache made with --views K)")
     return p
 
 
@@ -68,7 +74,8 @@ def options(args) -> FitOptions:
         seed=args.seed, n_jobs=args.n_jobs,
         class_weight=None if args.class_weight == "none" else args.class_weight,
         folds=args.folds, scaling=args.scaling, pca=parse_pca(args.pca), route=args.route,
-        max_memory_mb=args.max_memory_mb, refit_on=args.refit_on, top_k=args.top_k, mlp=mlp)
+        max_memory_mb=args.max_memory_mb, refit_on=args.refit_on, top_k=args.top_k, mlp=mlp,
+        views=not args.no_views, tta=args.tta)
 
 
 # ---- fit-svm
