@@ -192,6 +192,19 @@ def decode_with_pillow(path: str):
         return None, f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
+def load_views(path: str, views: int, image_size: int, seed: int = 0, index: int = 0):
+    """(views, S, S, 3) seeded augmented views of one file (as `extract --views`), or None."""
+    import tensorflow as tf
+
+    try:
+        decoded = _decode(tf.constant(path))
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+        decoded, _ = decode_with_pillow(path) if os.path.exists(path) else (None, None)
+        if decoded is None:
+            return None
+    return augmented_views(decoded, index, seed, views, image_size).numpy()
+
+
 def load_with_pillow(path: str, image_size: int):
     """(float32 image, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
     array, reason = decode_with_pillow(path)

@@ -69,7 +69,7 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
 
     bundle = load_head(path)
     prov = bundle["provenance"]
-    model, taps = feature_model_from_provenance(prov, weights=weights)
+    model, taps = feature_model_from_provenance(prov, weights=weights, fold_bn=True)
     net_prov = {**prov, "layers": [name for name, _ in taps]}
     check_head_matches(bundle, net_prov)
     forward = compiled_forward(model)
@@ -82,8 +82,7 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
     info = {"head": bundle["kind"], "layer": prov["layer"], "backbone": prov["backbone"]}
     if prov.get("weights") == "none":
         info["warning"] = ("the head was fitted on features of a randomly initialised backbone "
-                           "(weights none); those random weights were not saved, so this run's "
-                           "features differ and its predictions are not meaningful")
+                           "(weights none, seeded): fine for testing the route, not for real use")
     return Predictor("head", path, list(prov["class_names"]), int(prov["image_size"]),
                      predict_images, info)
 
@@ -105,14 +104,22 @@ def collect_images(inputs) -> list[str]:
     return found
 
 
-def predict_paths(predictor: Predictor, paths, batch_size: int = 32):
-    """Yield (path, probabilities or None, reason or None) for each path, in order."""
-    from .images import load_batch
+def predict_paths(predictor: Predictor, paths, batch_size: int = 32, tta: int = 0, seed: int = 0):
+    """Yield (path, probabilities or None, reason or None) for each path, in order.
+
+    With `tta` N, each image's probabilities are the mean over its plain view and N seeded
+    augmented views (the same augmentation as `extract --views`)."""
+    from .images import load_batch, load_views
 
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         images, ok, bad = load_batch(chunk, predictor.image_size)
         proba = predictor.predict_images(images) if len(ok) else np.zeros((0, 0))
+        if tta and len(ok):
+            views = np.concatenate([load_views(chunk[i], tta, predictor.image_size, seed,
+                                               start + i) for i in ok])
+            extra = predictor.predict_images(views).reshape(len(ok), tta, -1)
+            proba = (proba + extra.sum(axis=1)) / (1 + tta)
         rows = {i: proba[j] for j, i in enumerate(ok)}
         reasons = dict(bad)
         for i, path in enumerate(chunk):

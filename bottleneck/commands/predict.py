@@ -26,12 +26,18 @@ def add_parser(sub):
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="the local backbone weights file, when it moved since extraction")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--tta", type=int, default=0, metavar="N",
+                   help="test-time augmentation: average the probabilities of the plain image and "
+                        "N seeded augmented views (crop, flip, rotation, colour; default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --tta views (default 0)")
     return p
 
 
 def run(args, say):
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
+    if args.tta < 0:
+        raise UserError("--tta must be 0 (off) or a number of augmented views")
     predictor = load_predictor(args.model, args.weights)
     paths = collect_images(args.inputs)
     if predictor.info.get("warning"):
@@ -47,7 +53,8 @@ def run(args, say):
         writer.writerow(["path", "label", "probability", "top_k", "error"])
     n_ok, failed, counts = 0, [], {}
     try:
-        for path, proba, reason in predict_paths(predictor, paths, args.batch_size):
+        for path, proba, reason in predict_paths(predictor, paths, args.batch_size, tta=args.tta,
+                                                   seed=args.seed):
             if proba is None:
                 failed.append({"path": path, "error": reason})
                 if args.json:
