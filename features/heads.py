@@ -1,0 +1,541 @@
+"""Stage 2 heads: scikit-learn pipelines on cached features, chosen by cross-validation.
+
+Every head is a `Pipeline([scaling..., optional PCA, classifier])` whose `predict_proba` is exactly
+expressible as a few numpy ops on the flattened, concatenated features (`head_layer_spec`), so the
+network transplant (finetune) can reproduce it. Probabilities are DEFINED as:
+
+* logistic: softmax of the logits (binary: logits [0, z]), i.e. sklearn's own predict_proba;
+* linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
+  on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
+* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained with Keras, kept as numpy arrays;
+* kernel SVM: sklearn's Platt scaling (not expressible as layers).
+
+Splits: hyper-parameters are chosen by stratified k-fold CV on the cache's train split only; the
+final pipeline may be refitted on train+val; the MLP uses val for early stopping; the test split is
+scored once, by the caller, at the very end.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.decomposition import PCA
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+
+from bottleneck.errors import UserError
+
+LINEAR_KINDS = ("svm", "logistic", "sgd")
+KINDS = ("svm", "logistic", "mlp", "svm-rbf", "svm-poly", "sgd")
+SCALINGS = ("standard", "l2", "l2+standard", "none")
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+KERNEL_C_GRID = (1.0, 10.0)
+NOT_EXPRESSIBLE = ("--head-init random, or refit a linear head with fit-svm/fit-logistic "
+                   "(or an MLP head with fit-mlp)")
+
+
+# --------------------------------------------------------------------------- numpy helpers
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def as_logits(decision: np.ndarray) -> np.ndarray:
+    """(n, k) logits from a decision function: binary (n,) -> [0, z]."""
+    decision = np.asarray(decision, dtype=np.float64)
+    if decision.ndim == 1:
+        return np.stack([np.zeros_like(decision), decision], axis=1)
+    return decision
+
+
+def fit_temperature(decision: np.ndarray, y_index: np.ndarray) -> float:
+    """The T > 0 minimising the log-loss of softmax(T * logits) on held-out decision values."""
+    from scipy.optimize import minimize_scalar
+
+    logits = as_logits(decision)
+    y_index = np.asarray(y_index)
+
+    def loss(log_t):
+        p = softmax(np.exp(log_t) * logits)
+        return -np.mean(np.log(np.clip(p[np.arange(len(y_index)), y_index], 1e-15, None)))
+
+    res = minimize_scalar(loss, bounds=(-7.0, 7.0), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+class SoftmaxLinearMixin:
+    """predict_proba = softmax(temperature_ * logits(decision_function)) for a linear model."""
+
+    def predict_proba(self, X):
+        return softmax(self.temperature_ * as_logits(self.decision_function(X)))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(as_logits(self.decision_function(X)), axis=1)]
+
+    def linear_params(self):
+        """(kernel (d, k), bias (k,)) such that softmax(X @ kernel + bias) == predict_proba(X)."""
+        coef = np.asarray(self.coef_, dtype=np.float64)
+        intercept = np.asarray(self.intercept_, dtype=np.float64).reshape(-1)
+        if coef.shape[0] == 1:   # binary: logits [0, z]
+            coef = np.vstack([np.zeros_like(coef), coef])
+            intercept = np.concatenate([[0.0], intercept])
+        return self.temperature_ * coef.T, self.temperature_ * intercept
+
+
+class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
+    """LinearSVC whose probabilities are softmax(T * decision_function), T fitted by log-loss on
+    cross-validated decision values (`temperature_cv` folds; 0 keeps T = 1, used inside searches)."""
+
+    def __init__(self, C=1.0, class_weight=None, max_iter=5000, temperature_cv=3, random_state=0):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.temperature_cv = temperature_cv
+        self.random_state = random_state
+
+    def _svc(self):
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
+                         random_state=self.random_state)
+
+    def fit(self, X, y):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            svc = self._svc().fit(X, y)
+            self.classes_ = svc.classes_
+            self.coef_, self.intercept_ = svc.coef_, svc.intercept_
+            self.n_features_in_ = svc.n_features_in_
+            self.temperature_ = 1.0
+            y_index = np.searchsorted(self.classes_, y)
+            folds = int(self.temperature_cv or 0)
+            if folds >= 2 and np.bincount(y_index).min() >= folds:
+                decision = np.zeros((len(y),) if len(self.classes_) == 2 else (len(y), len(self.classes_)))
+                cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+                for fit_idx, held in cv.split(X, y):
+                    decision[held] = self._svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
+                self.temperature_ = fit_temperature(decision, y_index)
+        return self
+
+    def decision_function(self, X):
+        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
+        return out.ravel() if out.shape[1] == 1 else out
+
+
+class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
+    """A linear model trained by SGD (`partial_fit` over chunks for out-of-core data), with
+    probabilities softmax(T * decision_function); T fitted on held-out decision values."""
+
+    def __init__(self, alpha=1e-4, loss="hinge", class_weight=None, random_state=0):
+        self.alpha = alpha
+        self.loss = loss
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def _sgd(self):
+        from sklearn.linear_model import SGDClassifier
+
+        return SGDClassifier(loss=self.loss, alpha=self.alpha, class_weight=self.class_weight,
+                             random_state=self.random_state, learning_rate="optimal",
+                             average=True)
+
+    def fit(self, X, y):
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
+        sgd = self._sgd()
+        sgd.set_params(max_iter=50, tol=1e-4)
+        sgd.fit(X, y)
+        self.adopt(sgd)
+        # temperature on a held-out quarter, refit kept on everything
+        y_index = np.searchsorted(self.classes_, y)
+        if np.bincount(y_index).min() >= 2:
+            cv = StratifiedKFold(2 if np.bincount(y_index).min() < 4 else 4, shuffle=True,
+                                 random_state=self.random_state)
+            fit_idx, held = next(cv.split(X, y))
+            part = self._sgd().set_params(max_iter=50, tol=1e-4).fit(X[fit_idx], y[fit_idx])
+            self.temperature_ = fit_temperature(part.decision_function(X[held]), y_index[held])
+        return self
+
+    def adopt(self, sgd, temperature=1.0):
+        """Take the weights of a fitted SGDClassifier (e.g. after partial_fit over chunks)."""
+        self.classes_ = sgd.classes_
+        self.coef_, self.intercept_ = sgd.coef_.copy(), sgd.intercept_.copy()
+        self.n_features_in_ = sgd.coef_.shape[1]
+        self.temperature_ = float(temperature)
+        return self
+
+    def decision_function(self, X):
+        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
+        return out.ravel() if out.shape[1] == 1 else out
+
+
+class NumpyMLP(ClassifierMixin, BaseEstimator):
+    """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained with Keras (Adam,
+    early stopping on a validation set, seeded) and stored as numpy arrays: predict_proba is pure
+    numpy, so loading a head needs no TensorFlow. `weights_` = [W1, b1, W2, b2]."""
+
+    def __init__(self, hidden=256, dropout=0.5, learning_rate=1e-3, l2=1e-4, batch_size=32,
+                 max_epochs=200, patience=10, class_weight=None, random_state=0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        from bottleneck import quiet  # noqa: F401
+        import keras
+
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_ = np.unique(y)
+        k = max(2, len(self.classes_))
+        y_index = np.searchsorted(self.classes_, y)
+        if X_val is None or len(X_val) == 0:
+            # no validation split in the cache: hold out a stratified tenth of the training rows
+            from sklearn.model_selection import train_test_split
+
+            if np.bincount(y_index).min() >= 2 and len(y) >= 20:
+                fit_idx, held = train_test_split(np.arange(len(y)), test_size=0.1, stratify=y_index,
+                                                 random_state=self.random_state)
+                X, X_val, y_index, yv_index = X[fit_idx], X[held], y_index[fit_idx], y_index[held]
+            else:
+                X_val, yv_index = X, y_index
+        else:
+            yv_index = np.searchsorted(self.classes_, y_val)
+        keras.utils.set_random_seed(int(self.random_state))
+        reg = keras.regularizers.L2(self.l2) if self.l2 else None
+        inputs = keras.Input((X.shape[1],), dtype="float32")
+        h = keras.layers.Dense(self.hidden, activation="relu", kernel_regularizer=reg)(inputs)
+        h = keras.layers.Dropout(self.dropout, seed=int(self.random_state))(h)
+        out = keras.layers.Dense(k, activation="softmax", kernel_regularizer=reg)(h)
+        model = keras.Model(inputs, out)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        weights = None
+        if self.class_weight == "balanced":
+            counts = np.bincount(y_index, minlength=k).astype(float)
+            weights = {i: len(y_index) / (k * c) for i, c in enumerate(counts) if c}
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                             restore_best_weights=True)
+        history = model.fit(X, y_index, validation_data=(np.asarray(X_val, np.float32), yv_index),
+                            epochs=self.max_epochs, batch_size=self.batch_size, verbose=0,
+                            shuffle=True, callbacks=[stop], class_weight=weights)
+        self.weights_ = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
+        self.n_epochs_ = len(history.history["loss"])
+        self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
+        self.n_features_in_ = X.shape[1]
+        keras.backend.clear_session()
+        return self
+
+    def predict_proba(self, X):
+        w1, b1, w2, b2 = self.weights_
+        h = np.maximum(np.asarray(X, dtype=np.float64) @ w1 + b1, 0.0)
+        return softmax(h @ w2 + b2)
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+
+# --------------------------------------------------------------------------- pipelines
+
+def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weight=None,
+                  seed: int = 0) -> Pipeline:
+    """An unfitted pipeline for `kind` (see KINDS)."""
+    if scaling not in SCALINGS:
+        raise UserError(f"--scaling {scaling!r}: choose one of {', '.join(SCALINGS)}")
+    steps = []
+    if scaling in ("l2", "l2+standard"):
+        steps.append(("l2", Normalizer(norm="l2")))
+    if scaling in ("standard", "l2+standard"):
+        steps.append(("scale", StandardScaler()))
+    if pca:
+        steps.append(("pca", PCA(n_components=pca, whiten=True, random_state=seed)))
+    if kind == "svm":
+        clf = TemperedLinearSVC(class_weight=class_weight, random_state=seed)
+    elif kind == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(max_iter=1000, class_weight=class_weight, random_state=seed)
+    elif kind == "sgd":
+        clf = TemperedSGD(class_weight=class_weight, random_state=seed)
+    elif kind == "mlp":
+        clf = NumpyMLP(class_weight=class_weight, random_state=seed)
+    elif kind in ("svm-rbf", "svm-poly"):
+        from sklearn.svm import SVC
+
+        clf = SVC(kernel=kind.split("-")[1], class_weight=class_weight, random_state=seed,
+                  gamma="scale")
+    else:
+        raise UserError(f"unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
+    steps.append(("clf", clf))
+    return Pipeline(steps)
+
+
+def param_grid(kind: str) -> dict:
+    """The log grid searched by CV for `kind` (empty: nothing to choose)."""
+    if kind in ("svm", "logistic"):
+        return {"clf__C": list(C_GRID)}
+    if kind in ("svm-rbf", "svm-poly"):
+        return {"clf__C": list(KERNEL_C_GRID)}
+    if kind == "sgd":
+        return {"clf__alpha": [1e-4, 1e-3, 1e-2]}
+    return {}
+
+
+def _search_params(kind: str) -> dict:
+    """Settings that make CV candidates cheaper without changing their decisions."""
+    if kind == "svm":
+        return {"clf__temperature_cv": 0}
+    return {}
+
+
+def _final_params(kind: str) -> dict:
+    if kind in ("svm-rbf", "svm-poly"):
+        return {"clf__probability": True}
+    return {}
+
+
+def check_labels(y, class_names, where="train split"):
+    present = np.unique(y)
+    if len(class_names) < 2:
+        raise UserError(f"the cache has {len(class_names)} class; a classifier needs at least two "
+                        "class folders: add another class and re-run extract")
+    missing = [class_names[i] for i in range(len(class_names)) if i not in present]
+    if missing:
+        raise UserError(f"the {where} has no images of {', '.join(missing)}; add images or "
+                        "re-extract with another --seed/--test-size")
+
+
+def cv_splitter(y, folds: int, seed: int) -> StratifiedKFold:
+    smallest = int(np.bincount(y).min()) if len(y) else 0
+    folds = min(int(folds), smallest)
+    if folds < 2:
+        raise UserError(f"the train split has only {smallest} image(s) in some class; "
+                        "cross-validation needs at least 2 per class: add images")
+    return StratifiedKFold(folds, shuffle=True, random_state=seed)
+
+
+def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="standard", pca=None,
+             class_weight=None, seed=0, folds=5, n_jobs=1, refit_on="train+val", grid=None,
+             mlp_params=None) -> tuple[Pipeline, dict]:
+    """Choose hyper-parameters by stratified k-fold CV on (X_train, y_train), refit, return
+    (fitted pipeline, info with cv scores and chosen params). Never sees any test data."""
+    started = time.time()
+    pipe = make_pipeline(kind, scaling=scaling, pca=pca, class_weight=class_weight, seed=seed)
+    if kind == "mlp" and mlp_params:
+        pipe.set_params(**{f"clf__{k}": v for k, v in mlp_params.items()})
+    cv = cv_splitter(y_train, folds, seed)
+    grid = param_grid(kind) if grid is None else grid
+    info = {"kind": kind, "scaling": scaling, "pca": pca, "class_weight": class_weight,
+            "folds": cv.get_n_splits(), "grid": grid}
+    if kind == "mlp":
+        scores = []
+        for fit_idx, held in cv.split(X_train, y_train):
+            p = clone(pipe)
+            _fit_mlp_pipeline(p, X_train[fit_idx], y_train[fit_idx], X_val, y_val)
+            scores.append(float(np.mean(p.predict(X_train[held]) == y_train[held])))
+        info.update(best_params={}, cv_scores=scores, candidates=[])
+        final = clone(pipe)
+        _fit_mlp_pipeline(final, X_train, y_train, X_val, y_val)
+        clf = final.named_steps["clf"]
+        info.update(refit_on="train (val for early stopping)", epochs=clf.n_epochs_,
+                    best_epoch=clf.best_epoch_)
+    else:
+        search_pipe = clone(pipe).set_params(**_search_params(kind))
+        if grid:
+            search = GridSearchCV(search_pipe, grid, cv=cv, scoring="accuracy", n_jobs=n_jobs,
+                                  refit=False, error_score="raise")
+            search.fit(X_train, y_train)
+            best = search.best_index_
+            scores = [float(search.cv_results_[f"split{i}_test_score"][best])
+                      for i in range(cv.get_n_splits())]
+            best_params = dict(search.best_params_)
+            candidates = [{"params": dict(p), "cv_mean": float(m), "cv_std": float(s)}
+                          for p, m, s in zip(search.cv_results_["params"],
+                                             search.cv_results_["mean_test_score"],
+                                             search.cv_results_["std_test_score"])]
+        else:
+            from sklearn.model_selection import cross_val_score
+
+            scores = [float(s) for s in cross_val_score(search_pipe, X_train, y_train, cv=cv,
+                                                        scoring="accuracy", n_jobs=n_jobs)]
+            best_params, candidates = {}, []
+        info.update(best_params=best_params, cv_scores=scores, candidates=candidates)
+        final = clone(pipe).set_params(**best_params, **_final_params(kind))
+        if refit_on == "train+val" and X_val is not None and len(X_val):
+            final.fit(np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]))
+            info["refit_on"] = "train+val"
+        else:
+            final.fit(X_train, y_train)
+            info["refit_on"] = "train"
+    info["cv_mean"] = float(np.mean(info["cv_scores"]))
+    info["cv_std"] = float(np.std(info["cv_scores"]))
+    info["fit_seconds"] = round(time.time() - started, 2)
+    return final, info
+
+
+def _fit_mlp_pipeline(pipe: Pipeline, X, y, X_val, y_val):
+    """Fit the preprocessing on X, then the MLP with early stopping on the transformed val rows."""
+    pre = pipe[:-1]
+    Xt = pre.fit_transform(X, y) if len(pre.steps) else X
+    Xv = None
+    if X_val is not None and len(X_val):
+        Xv = pre.transform(X_val) if len(pre.steps) else X_val
+    pipe.steps[-1][1].fit(Xt, y, X_val=Xv, y_val=y_val)
+    return pipe
+
+
+# --------------------------------------------------------------------------- layer spec
+
+def head_layer_spec(pipeline) -> list[dict]:
+    """Express a fitted head as numpy ops on the flattened, concatenated features.
+
+    Ops: {"op": "l2"} (x / max(||x||, 1e-12) row-wise) and {"op": "dense", "kernel": float32
+    (d_in, d_out), "bias": float32 (d_out,), "activation": "linear" | "relu" | "softmax"}.
+    StandardScaler and PCA (whiten too) are folded into the next dense kernel/bias. Kernel SVMs
+    cannot be expressed: UserError naming the alternatives.
+    """
+    steps = list(pipeline.steps) if isinstance(pipeline, Pipeline) else [("clf", pipeline)]
+    spec: list[dict] = []
+    affine = None   # (M, c): x -> x @ M + c, pending to be folded into the next dense layer
+
+    def compose(m, c):
+        nonlocal affine
+        if affine is None:
+            affine = (m, c)
+        else:
+            m0, c0 = affine
+            affine = (m0 @ m, c0 @ m + c)
+
+    def dense(kernel, bias, activation):
+        nonlocal affine
+        kernel = np.asarray(kernel, np.float64)
+        bias = np.asarray(bias, np.float64)
+        if affine is not None:
+            m, c = affine
+            kernel, bias = m @ kernel, c @ kernel + bias
+            affine = None
+        spec.append({"op": "dense", "kernel": kernel.astype(np.float32),
+                     "bias": bias.astype(np.float32), "activation": activation})
+
+    for name, step in steps:
+        if step is None or step == "passthrough":
+            continue
+        if isinstance(step, Normalizer):
+            if step.norm != "l2":
+                raise UserError(f"Normalizer(norm={step.norm!r}) cannot be expressed; use l2")
+            if affine is not None:
+                dense(np.eye(affine[0].shape[1]), np.zeros(affine[0].shape[1]), "linear")
+            spec.append({"op": "l2"})
+        elif isinstance(step, StandardScaler):
+            d = step.n_features_in_
+            mean = step.mean_ if step.with_mean and step.mean_ is not None else np.zeros(d)
+            scale = step.scale_ if step.with_std and step.scale_ is not None else np.ones(d)
+            inv = 1.0 / np.asarray(scale, np.float64)
+            compose(np.diag(inv), -np.asarray(mean, np.float64) * inv)
+        elif isinstance(step, PCA):
+            comp = np.asarray(step.components_, np.float64)
+            m = comp.T
+            c = -np.asarray(step.mean_, np.float64) @ comp.T
+            if step.whiten:
+                s = 1.0 / np.sqrt(np.asarray(step.explained_variance_, np.float64))
+                m, c = m * s, c * s
+            compose(m, c)
+        elif isinstance(step, SoftmaxLinearMixin):
+            dense(*step.linear_params(), "softmax")
+        elif _is_logistic(step):
+            coef = np.asarray(step.coef_, np.float64)
+            intercept = np.asarray(step.intercept_, np.float64).reshape(-1)
+            if coef.shape[0] == 1:
+                coef = np.vstack([np.zeros_like(coef), coef])
+                intercept = np.concatenate([[0.0], intercept])
+            dense(coef.T, intercept, "softmax")
+        elif isinstance(step, NumpyMLP):
+            w1, b1, w2, b2 = step.weights_
+            dense(w1, b1, "relu")
+            dense(w2, b2, "softmax")
+        else:
+            raise UserError(f"a {type(step).__name__} head cannot be expressed as network layers; "
+                            f"use {NOT_EXPRESSIBLE}")
+    if not spec or spec[-1]["op"] != "dense" or spec[-1]["activation"] != "softmax":
+        raise UserError("this pipeline has no classifier step that can be expressed as layers; "
+                        f"use {NOT_EXPRESSIBLE}")
+    return spec
+
+
+def _is_logistic(step) -> bool:
+    from sklearn.linear_model import LogisticRegression
+
+    return isinstance(step, LogisticRegression)
+
+
+def apply_layer_spec(spec: list[dict], X) -> np.ndarray:
+    """Numpy reference of a layer spec: probabilities for features X (n, d)."""
+    x = np.asarray(X, dtype=np.float64)
+    x = x.reshape(len(x), -1)
+    for op in spec:
+        if op["op"] == "l2":
+            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        elif op["op"] == "dense":
+            x = x @ np.asarray(op["kernel"], np.float64) + np.asarray(op["bias"], np.float64)
+            if op["activation"] == "relu":
+                x = np.maximum(x, 0.0)
+            elif op["activation"] == "softmax":
+                x = softmax(x)
+            elif op["activation"] != "linear":
+                raise ValueError(f"unknown activation {op['activation']!r}")
+        else:
+            raise ValueError(f"unknown op {op['op']!r}")
+    return x
+
+
+# --------------------------------------------------------------------------- cache access
+
+def resolve_layers(cache, layer: str | None) -> tuple[str, list[str]]:
+    """('the --layer value as recorded', [cache layers to concatenate, in order])."""
+    if layer in (None, ""):
+        if len(cache.layers) == 1:
+            return cache.layers[0], [cache.layers[0]]
+        return "all", list(cache.layers)
+    if layer == "all":
+        return "all", list(cache.layers)
+    wanted = [part for part in layer.split(",") if part]
+    for name in wanted:
+        if name not in cache.layers:
+            raise UserError(f"--layer {name!r} is not in {cache.path}; it holds: "
+                            f"{', '.join(cache.layers)} (or pass --layer all)")
+    return layer, wanted
+
+
+def feature_dim(cache, layers) -> int:
+    return int(sum(cache.feature_dim(layer) for layer in layers))
+
+
+def load_features(cache, layers, rows) -> np.ndarray:
+    """Concatenated, flattened float32 features of `rows` (sorted indices or a mask)."""
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    rows = np.sort(rows)
+    return np.concatenate([cache.features(layer, rows) for layer in layers], axis=1)
