@@ -72,6 +72,8 @@ def load_head_spec(path: str) -> dict:
     try:
         spec = head_layer_spec(bundle["pipeline"])
     except UserError as exc:
+        if "--head-init random" in str(exc):
+            raise
         raise UserError(f"{exc} -- this head cannot become network layers exactly: use "
                         "--head-init random (classic route), or refit a linear head "
                         "(logistic, linear SVM, SGD) or an MLP and pass that") from exc
@@ -91,27 +93,53 @@ def _load_head_fallback(path: str) -> dict:
     return bundle
 
 
-def open_cache(opts: FinetuneOptions, prov: dict | None):
+def open_cache(opts: FinetuneOptions, head: dict | None):
+    """The cache whose split and images we train on; checked against the head's provenance."""
     from features.store import Cache
 
-    path = opts.features or (prov or {}).get("cache_path")
+    prov = (head or {}).get("provenance") or {}
+    path = opts.features or prov.get("cache_path")
     if not path:
         raise UserError("no feature cache: pass --features FILE.h5 (the cache the head was fit on)")
     cache = Cache(path)
-    if prov is not None:
-        theirs = cache.provenance()
-        for key in ("backbone", "alpha", "weights", "image_size", "pool", "layers",
-                    "class_names", "seed", "test_size", "val_size"):
-            if prov.get(key) != theirs.get(key):
-                raise UserError(f"{cache.path} does not match the head ({key}: head "
-                                f"{prov.get(key)!r}, cache {theirs.get(key)!r}); pass the "
-                                "cache the head was fit on with --features")
+    if head is None:
+        return cache
+    if head.get("bundle") is not None:
+        try:
+            from features.headfile import check_head_matches
+        except ImportError:
+            check_head_matches = None
+        if check_head_matches is not None:
+            check_head_matches(head["bundle"], cache)
+            return cache
+    theirs = cache.provenance()
+    for key in ("backbone", "alpha", "weights", "image_size", "pool", "class_names"):
+        if prov.get(key) != theirs.get(key):
+            raise UserError(f"{cache.path} does not match the head ({key}: head "
+                            f"{prov.get(key)!r}, cache {theirs.get(key)!r}); pass the "
+                            "cache the head was fit on with --features")
     return cache
 
 
-def cached_features(cache, rows) -> np.ndarray:
-    """The head's input: the cache layers flattened and concatenated in order."""
-    return np.concatenate([cache.features(layer, rows) for layer in cache.layers], axis=1)
+def head_feature_layers(head: dict | None, cache) -> list[str]:
+    """The cache layers the head reads, in its concatenation order (all layers by default)."""
+    layers = list(((head or {}).get("provenance") or {}).get("feature_layers") or cache.layers)
+    missing = [layer for layer in layers if layer not in cache.layers]
+    if missing:
+        raise UserError(f"the head reads {', '.join(missing)}, which {cache.path} does not hold")
+    return layers
+
+
+def network_provenance(prov: dict, layers: list[str]) -> dict:
+    """`prov` with only the taps `layers` (in that order): the network computes just those."""
+    index = dict(zip(prov["layers"], prov["layer_indices"]))
+    return {**prov, "layers": list(layers), "layer_indices": [index[layer] for layer in layers]}
+
+
+def cached_features(cache, rows, layers=None) -> np.ndarray:
+    """The head's input: `layers` (default all) flattened and concatenated in order."""
+    return np.concatenate([cache.features(layer, rows) for layer in (layers or cache.layers)],
+                          axis=1)
 
 
 # ---------------------------------------------------------------- trainability
@@ -183,7 +211,7 @@ def compile_network(network, optimizer: str, lr: float):
 
 # ---------------------------------------------------------------- transplant check
 
-def transplant_check(network, cache, rows, data_dir: str, reference) -> dict:
+def transplant_check(network, cache, rows, data_dir: str, reference, layers=None) -> dict:
     """Network probabilities on images vs `reference(cached features)` on the same rows."""
     from .images import load_batch
     from .network import compiled_forward
@@ -198,7 +226,7 @@ def transplant_check(network, cache, rows, data_dir: str, reference) -> dict:
                         f"{cache.paths[rows[bad[0][0]]]}: {bad[0][1]}); pass --data DIR")
     forward = compiled_forward(network)
     net = np.concatenate([forward(images[i:i + 32])[0].numpy() for i in range(0, len(images), 32)])
-    ref = np.asarray(reference(cached_features(cache, rows)))
+    ref = np.asarray(reference(cached_features(cache, rows, layers)))
     agree = float(np.mean(net.argmax(1) == ref.argmax(1)))
     return {"n": int(len(rows)), "agreement": agree,
             "max_abs_prob_diff": float(np.abs(net - ref).max())}
@@ -235,19 +263,18 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
                 raise UserError("pass --from-head HEAD.joblib (a fitted head), or "
                                 "--head-init random --features FILE.h5")
             head = load_head_spec(opts.from_head)
-        cache = open_cache(opts, head["provenance"])
+        cache = open_cache(opts, head)
     else:
         if not opts.features:
             raise UserError("--head-init random needs --features FILE.h5 for the split and network")
         cache = open_cache(opts, None)
-    prov = cache.provenance()
-    if head is not None:
-        prov.update({k: v for k, v in head["provenance"].items() if k not in prov})
+    layers = head_feature_layers(head, cache)
+    prov = network_provenance(cache.provenance(), layers)
     data_dir = opts.data or prov["data_dir"]
     if not os.path.isdir(data_dir):
         raise UserError(f"the images are not at {data_dir!r} any more; pass --data DIR")
     class_names = list(cache.class_names)
-    d_in = sum(cache.feature_dim(layer) for layer in cache.layers)
+    d_in = sum(cache.feature_dim(layer) for layer in layers)
     spec = head["spec"] if head is not None else random_spec(d_in, len(class_names), opts.seed)
     warmup = opts.warmup_epochs if opts.warmup_epochs is not None else (
         0 if opts.head_init == "head" else 2)
@@ -292,7 +319,7 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
         n = min(opts.check_samples, len(test_rows))
         sample = test_rows[np.linspace(0, len(test_rows) - 1, n).astype(int)] if n else test_rows
         reference = head.get("predict_proba") or (lambda X: apply_spec(spec, X))
-        check = transplant_check(network, cache, np.unique(sample), data_dir, reference)
+        check = transplant_check(network, cache, np.unique(sample), data_dir, reference, layers)
         say(f"transplant check on {check['n']} test images: agreement "
             f"{100 * check['agreement']:.2f}% of argmax, max |prob diff| "
             f"{check['max_abs_prob_diff']:.2e}")

@@ -176,6 +176,60 @@ def test_bad_spec_and_kernel_head_refused(data, monkeypatch):
         load_head_spec(path)
 
 
+REAL_HEADS = [("logistic", "standard", 8, "avg", None),
+              ("svm", "l2+standard", None, "avg", None),
+              ("sgd", "l2", None, "none2", None),
+              ("mlp", "standard", 8, "none2", ["conv_pw_13_relu"])]
+
+
+@pytest.mark.parametrize("kind,scaling,pca,key,layers", REAL_HEADS)
+def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, layers):
+    """Every linear/MLP head kind of stage 2 (with scaling and PCA folded in), transplanted."""
+    heads = pytest.importorskip("features.heads")
+    from features.headfile import make_bundle, save_head
+
+    from bottleneck.finetune import (FinetuneOptions, cached_features, head_feature_layers,
+                                     load_head_spec, network_provenance, open_cache,
+                                     transplant_check)
+    from bottleneck.network import feature_model_from_provenance
+    from bottleneck.transplant import build_network
+
+    cache = _cache(data["caches"][key])
+    layers = layers or list(cache.layers)
+    tr, va = cache.split_mask("train"), cache.split_mask("val")
+    pipe, info = heads.fit_head(
+        kind, cached_features(cache, tr, layers), cache.labels[tr],
+        cached_features(cache, va, layers), cache.labels[va], scaling=scaling, pca=pca, folds=2,
+        grid={}, mlp_params={"hidden": 16, "max_epochs": 30} if kind == "mlp" else None)
+    path = save_head(str(tmp_path / f"{kind}.joblib"), make_bundle(
+        kind, pipe, cache.provenance(), ",".join(layers), layers, {"cv_mean": info["cv_mean"]}))
+    head = load_head_spec(path)
+    opened = open_cache(FinetuneOptions(), head)
+    assert head_feature_layers(head, opened) == layers
+    model, _ = feature_model_from_provenance(network_provenance(opened.provenance(), layers))
+    net = build_network(model, head["spec"], opened.class_names)
+    rows = np.flatnonzero(opened.split_mask("test"))
+    check = transplant_check(net, opened, rows, opened.provenance()["data_dir"],
+                             head["predict_proba"], layers)
+    assert check["agreement"] >= 0.995 and check["max_abs_prob_diff"] <= 1e-3, (kind, check)
+
+
+def test_real_kernel_svm_refused(data, tmp_path):
+    heads = pytest.importorskip("features.heads")
+    from features.headfile import make_bundle, save_head
+
+    from bottleneck.finetune import cached_features, load_head_spec
+
+    cache = _cache(data["caches"]["avg"])
+    tr = cache.split_mask("train")
+    pipe, _ = heads.fit_head("svm-rbf", cached_features(cache, tr), cache.labels[tr], folds=2,
+                             grid={})
+    path = save_head(str(tmp_path / "rbf.joblib"), make_bundle(
+        "svm-rbf", pipe, cache.provenance(), cache.layers[0], cache.layers, {}))
+    with pytest.raises(UserError, match="--head-init random"):
+        load_head_spec(path)
+
+
 def _weak_head(cache, seed=0):
     from bottleneck.transplant import random_spec
 
