@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from . import quiet  # noqa: F401
 from .errors import UserError
 
+import keras
+
 FLIPS = ("horizontal", "vertical", "horizontal_and_vertical", "none")
 
 
@@ -26,6 +28,24 @@ class AugmentOptions:
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
+
+
+@keras.saving.register_keras_serializable(package="bottleneck")
+class SymmetricShear(keras.layers.RandomShear):
+    """keras.layers.RandomShear whose config survives a save/load round trip (Keras 3.15 writes
+    x_factor as [-f, f] and then refuses it on load); the symmetric factor is stored instead."""
+
+    def __init__(self, factor=0.1, **kwargs):
+        kwargs.pop("x_factor", None)
+        kwargs.pop("y_factor", None)
+        super().__init__(x_factor=factor, y_factor=factor, **kwargs)
+        self.factor = factor
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("x_factor", None)
+        config.pop("y_factor", None)
+        return {**config, "factor": self.factor}
 
 
 def augmentation_layers(opts: AugmentOptions, seed: int = 0) -> list:
@@ -50,9 +70,8 @@ def augmentation_layers(opts: AugmentOptions, seed: int = 0) -> list:
         layers.append(keras.layers.RandomZoom(opts.zoom, fill_mode="reflect", seed=seed + 3,
                                               name="aug_zoom"))
     if opts.shear:
-        layers.append(keras.layers.RandomShear(x_factor=opts.shear, y_factor=opts.shear,
-                                               fill_mode="reflect", seed=seed + 4,
-                                               name="aug_shear"))
+        layers.append(SymmetricShear(opts.shear, fill_mode="reflect", seed=seed + 4,
+                                           name="aug_shear"))
     if opts.color_jitter:
         c = opts.color_jitter
         layers.append(keras.layers.RandomColorJitter(

@@ -24,7 +24,8 @@ import numpy as np
 from . import quiet  # noqa: F401
 from .augment import AugmentOptions, augmentation_layers
 from .errors import UserError
-from .transplant import apply_spec, build_network, class_info, random_spec, taps_model
+from .transplant import (apply_spec, build_network, class_info, inference_model, random_spec,
+                         taps_model)
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -400,7 +401,7 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
         improved = state["best_score"] is None or tuple(score) > tuple(state["best_score"])
         if improved:
             state["best_score"], state["best_epoch"], state["stale"] = list(score), epoch + 1, 0
-            network.save(paths["best"])
+            inference_model(network).save(paths["best"])
         else:
             state["stale"] += 1
         network.save(paths["last"])
@@ -479,6 +480,7 @@ def load_finetuned(path: str):
         raise
     except Exception as exc:
         raise UserError(f"{path} is not a model saved by `finetune` ({type(exc).__name__})") from exc
+    model = inference_model(model)
     forward = compiled_forward(model)
     size = int(model.inputs[0].shape[1])
 

@@ -27,6 +27,8 @@ from .errors import UserError
 
 import keras
 
+from . import augment  # noqa: F401,E402  (registers the augmentation layers for load_model)
+
 EPS = 1e-12
 ACTIVATIONS = ("linear", "relu", "softmax")
 
@@ -172,3 +174,22 @@ def taps_model(network):
 def class_info(network) -> tuple[list[str], dict]:
     layer = network.get_layer("probabilities")
     return list(layer.class_names), json.loads(layer.info or "{}")
+
+
+def inference_model(network):
+    """The same layers (shared weights) without the augmentation layers: what is saved as the
+    best checkpoint, exported and used by predict. Augmentation is identity at inference anyway,
+    but its random ops would still be traced into a SavedModel/TFLite graph."""
+    if not any(layer.name.startswith("aug_") for layer in network.layers):
+        return network
+    inputs = keras.Input(network.inputs[0].shape[1:], name="image", dtype="float32")
+    outs = network.get_layer("features")(inputs)
+    outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
+    names = {layer.name for layer in network.layers}
+    outs = [network.get_layer(f"flatten_{i}")(o) if f"flatten_{i}" in names else o
+            for i, o in enumerate(outs)]
+    x = network.get_layer("concat_taps")(outs) if "concat_taps" in names else outs[0]
+    for layer in network.layers:
+        if layer.name.startswith("head_") or layer.name == "probabilities":
+            x = layer(x)
+    return keras.Model(inputs, x, name="finetune")
