@@ -1,0 +1,254 @@
+"""Stage 2 orchestration: cache -> CV-chosen head(s) -> one test score -> head file + report.
+
+Used by the `fit-svm`, `fit-logistic`, `fit-mlp` and `fit` commands (bottleneck/commands/fit.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bottleneck.errors import UserError
+
+from .headfile import make_bundle, save_head
+from .heads import (KINDS, LINEAR_KINDS, check_labels, feature_dim, fit_head, load_features,
+                    resolve_layers)
+from .outofcore import default_memory_budget_mb, fit_sgd_outofcore, iter_blocks, \
+    block_rows_for, memory_estimate_mb
+from .report import classification_text, test_metrics, write_report
+from .store import Cache, newest_cache
+
+DEFAULT_FIT_KINDS = ("logistic", "svm", "mlp", "svm-rbf")
+ROUTES = ("auto", "memory", "out-of-core")
+
+
+@dataclass
+class FitOptions:
+    features: str | None = None
+    layer: str | None = None
+    out: str | None = None
+    report: str | None = None
+    seed: int = 0
+    n_jobs: int = 1
+    class_weight: str | None = None     # 'balanced' or None
+    folds: int = 5
+    scaling: str = "standard"
+    pca: float | int | None = None
+    route: str = "auto"
+    max_memory_mb: float | None = None
+    refit_on: str = "train+val"
+    top_k: int = 3
+    mlp: dict = field(default_factory=dict)   # hidden, dropout, max_epochs, patience, ...
+    epochs: int = 5                             # passes of the out-of-core SGD route
+
+
+def parse_pca(value):
+    """--pca: none, an integer number of components, or a fraction of variance in (0, 1)."""
+    if value in (None, "", "none", "0"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"--pca {value!r}: give none, a number of components (e.g. 256) or a "
+                        "fraction of variance (e.g. 0.95)") from None
+    if 0 < number < 1:
+        return number
+    if number >= 1 and number == int(number):
+        return int(number)
+    raise UserError(f"--pca {value!r}: give none, a number of components or a fraction in (0, 1)")
+
+
+class _Data:
+    """The cache's rows by split, with lazily loaded in-memory features (never test until asked)."""
+
+    def __init__(self, cache: Cache, opts: FitOptions, say):
+        self.cache = cache
+        self.layer, self.layers = resolve_layers(cache, opts.layer)
+        check_labels(np.unique(cache.labels), cache.class_names, where="cache")
+        self.train = np.flatnonzero(cache.split_mask("train"))
+        self.val = np.flatnonzero(cache.split_mask("val"))
+        self.test = np.flatnonzero(cache.split_mask("test"))
+        if not len(self.train):
+            raise UserError(f"{cache.path} has no training images; re-extract with smaller "
+                            "--test-size/--val-size")
+        check_labels(cache.labels[self.train], cache.class_names)
+        self.dim = feature_dim(cache, self.layers)
+        budget = opts.max_memory_mb or default_memory_budget_mb()
+        need = memory_estimate_mb(len(self.train) + len(self.val), self.dim)
+        if opts.route not in ROUTES:
+            raise UserError(f"--route {opts.route!r}: choose one of {', '.join(ROUTES)}")
+        self.route = opts.route if opts.route != "auto" else (
+            "memory" if need <= budget else "out-of-core")
+        self.memory = {"estimate_mb": round(need, 1), "budget_mb": round(budget, 1)}
+        self._xy = None
+
+    def xy(self):
+        if self._xy is None:
+            c = self.cache
+            self._xy = (load_features(c, self.layers, self.train), c.labels[self.train],
+                        load_features(c, self.layers, self.val), c.labels[self.val])
+        return self._xy
+
+
+def _fit_kind(kind, data: _Data, opts: FitOptions, say):
+    if data.route == "out-of-core":
+        if kind not in LINEAR_KINDS:
+            raise UserError(f"the features ({data.dim}-d x {len(data.train) + len(data.val)} rows, "
+                            f"~{data.memory['estimate_mb']:.0f} MB) do not fit the memory budget "
+                            f"({data.memory['budget_mb']:.0f} MB) for a {kind} head; use fit-svm or "
+                            "fit-logistic (out-of-core SGD route), or raise --max-memory-mb")
+        if opts.pca:
+            raise UserError("--pca needs the in-memory route; drop --pca or raise --max-memory-mb")
+        pipeline, info = fit_sgd_outofcore(
+            data.cache, data.layers, data.train, data.val, folds=opts.folds, epochs=opts.epochs,
+            seed=opts.seed, class_weight=opts.class_weight, refit_on=opts.refit_on, say=say)
+        info["requested"] = kind
+        return "sgd", pipeline, info
+    X_train, y_train, X_val, y_val = data.xy()
+    pipeline, info = fit_head(kind, X_train, y_train, X_val, y_val, scaling=opts.scaling,
+                              pca=opts.pca, class_weight=opts.class_weight, seed=opts.seed,
+                              folds=opts.folds, n_jobs=opts.n_jobs, refit_on=opts.refit_on,
+                              mlp_params=opts.mlp)
+    info["route"] = "in-memory"
+    return kind, pipeline, info
+
+
+def _score_test(pipeline, data: _Data, opts: FitOptions):
+    """The one and only look at the test split: (metrics or None, report text, proba, y)."""
+    cache = data.cache
+    if not len(data.test):
+        return None, "", None, None
+    if data.route == "out-of-core":
+        parts, ys = [], []
+        for idx, X in iter_blocks(cache, data.layers, data.test, block_rows_for(data.dim)):
+            parts.append(pipeline.predict_proba(X))
+            ys.append(cache.labels[idx])
+        proba, y = np.concatenate(parts), np.concatenate(ys)
+    else:
+        proba = pipeline.predict_proba(load_features(cache, data.layers, data.test))
+        y = cache.labels[data.test]
+    names = cache.class_names
+    metrics = test_metrics(y, proba, names, top_k=(1, opts.top_k))
+    return metrics, classification_text(y, proba, names), proba, y
+
+
+def _cv_block(info):
+    return {"mean": info["cv_mean"], "std": info["cv_std"], "folds": info["folds"],
+            "scores": info["cv_scores"], "best_params": info["best_params"],
+            "candidates": info.get("candidates", [])}
+
+
+def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, table=None):
+    metrics, text, _, _ = _score_test(pipeline, data, opts)
+    cache = data.cache
+    scores = {"cv": _cv_block(info), "test": metrics, "route": info["route"],
+              "refit_on": info.get("refit_on"), "fit_seconds": info["fit_seconds"]}
+    if table is not None:
+        scores["ranking"] = table
+    bundle = make_bundle(kind, pipeline, cache.provenance(), data.layer, data.layers, scores)
+    bundle["provenance"]["head_options"] = {
+        "scaling": info.get("scaling"), "pca": info.get("pca"), "class_weight": opts.class_weight,
+        "seed": opts.seed, "folds": info["folds"], "best_params": info["best_params"]}
+    save_head(out, bundle)
+    summary = {
+        "head": kind, "path": out, "route": info["route"],
+        "test_accuracy": None if metrics is None else metrics["accuracy"],
+        "balanced_accuracy": None if metrics is None else metrics["balanced_accuracy"],
+        "macro_f1": None if metrics is None else metrics["macro_f1"],
+        "top_k": None if metrics is None else metrics["top_k"],
+        "cv_score": info["cv_mean"], "cv_std": info["cv_std"], "cv_folds": info["folds"],
+        "best_params": info["best_params"], "refit_on": info.get("refit_on"),
+        "layer": data.layer, "feature_layers": data.layers, "feature_dim": data.dim,
+        "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "features": cache.path, "fit_seconds": info["fit_seconds"], "memory": data.memory,
+    }
+    if table is not None:
+        summary["table"] = table
+    if opts.report:
+        if metrics is None:
+            say(f"notice: {cache.path} has no test split; --report has nothing to score")
+        else:
+            summary["report"] = write_report(
+                opts.report, metrics=metrics, cv=_cv_block(info), text=text,
+                class_names=cache.class_names,
+                head={"kind": kind, "path": out, "layer": data.layer,
+                      "feature_layers": data.layers, "route": info["route"]},
+                title=f"{kind} head, test split")
+    if metrics is not None:
+        summary["test"] = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+    return summary
+
+
+def _open(opts: FitOptions) -> Cache:
+    path = opts.features or newest_cache()
+    if not os.path.isfile(path):
+        raise UserError(f"--features {path}: no such file; run `python cli.py extract` first or "
+                        "pass an existing cache")
+    return Cache(path)
+
+
+def _say_route(data: _Data, say):
+    say(f"features: {data.cache.path} layer {data.layer} ({', '.join(data.layers)}; "
+        f"{data.dim}-d); train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
+    say(f"route: {data.route} (estimated {data.memory['estimate_mb']:.0f} MB of "
+        f"{data.memory['budget_mb']:.0f} MB budget"
+        + ("; streaming HDF5 chunks through SGD partial_fit)" if data.route == "out-of-core" else ")"))
+
+
+def fit_one(kind: str, opts: FitOptions, say=print) -> dict:
+    """Fit one head kind, score the test split once, save the head (and report)."""
+    if kind not in KINDS:
+        raise UserError(f"unknown head {kind!r}; choose one of {', '.join(KINDS)}")
+    with _open(opts) as cache:
+        data = _Data(cache, opts, say)
+        _say_route(data, say)
+        kind, pipeline, info = _fit_kind(kind, data, opts, say)
+        out = opts.out or f"{kind}.joblib"
+        summary = _finish(kind, pipeline, info, data, opts, out, say)
+    say_summary(summary, say)
+    return summary
+
+
+def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
+    """Fit every kind, rank by CV score on the train split, test and save only the winner."""
+    with _open(opts) as cache:
+        data = _Data(cache, opts, say)
+        _say_route(data, say)
+        if data.route == "out-of-core":
+            say("out-of-core route: only the linear SGD head applies")
+            kinds = ("sgd",)
+        fitted = []
+        for kind in kinds:
+            say(f"fitting {kind} ...")
+            real, pipeline, info = _fit_kind(kind, data, opts, say)
+            say(f"  {real}: cv {info['cv_mean']:.4f} +/- {info['cv_std']:.4f} "
+                f"{info['best_params'] or ''} ({info['fit_seconds']:.1f} s)")
+            fitted.append((real, pipeline, info))
+        order = sorted(range(len(fitted)), key=lambda i: (-fitted[i][2]["cv_mean"], i))
+        table = [{"rank": r + 1, "head": fitted[i][0], "cv_score": fitted[i][2]["cv_mean"],
+                  "cv_std": fitted[i][2]["cv_std"], "best_params": fitted[i][2]["best_params"],
+                  "fit_seconds": fitted[i][2]["fit_seconds"]} for r, i in enumerate(order)]
+        kind, pipeline, info = fitted[order[0]]
+        out = opts.out or "best.joblib"
+        summary = _finish(kind, pipeline, info, data, opts, out, say, table=table)
+    say("ranked by cross-validated accuracy on the train split:")
+    say(f"  {'rank':>4}  {'head':<10} {'cv mean':>8} {'cv std':>7}  {'seconds':>7}  params")
+    for row in table:
+        say(f"  {row['rank']:>4}  {row['head']:<10} {row['cv_score']:>8.4f} {row['cv_std']:>7.4f}"
+            f"  {row['fit_seconds']:>7.1f}  {row['best_params'] or '-'}")
+    say_summary(summary, say)
+    return summary
+
+
+def say_summary(s: dict, say):
+    test = "no test split" if s["test_accuracy"] is None else (
+        f"test accuracy {s['test_accuracy']:.4f}, balanced {s['balanced_accuracy']:.4f}, "
+        f"macro F1 {s['macro_f1']:.4f}"
+        + "".join(f", {k} {v:.4f}" for k, v in (s["top_k"] or {}).items() if k != "top1"))
+    say(f"{s['head']} head -> {s['path']}: cv {s['cv_score']:.4f} +/- {s['cv_std']:.4f} "
+        f"({s['cv_folds']}-fold on train), {test} (n={s['n']['test']}); route {s['route']}, "
+        f"refit on {s['refit_on']}, {s['fit_seconds']:.1f} s")
+    if s.get("report"):
+        say(f"report: {', '.join(s['report'].values())}")
