@@ -492,3 +492,18 @@ def load_finetuned(path: str):
                                for i in range(0, len(images), 64)])
 
     return predict, class_names, size
+
+
+def load_keras_predictor(path: str, weights: str | None = None):
+    """`predict --model MODEL.keras`: a bottleneck.predictor.Predictor for a fine-tuned network
+    (`weights` is unused: the .keras file holds every weight)."""
+    from .predictor import Predictor
+    from .transplant import class_info
+
+    predict, class_names, size = load_finetuned(path)
+    import keras
+
+    _, info = class_info(keras.saving.load_model(path, compile=False))
+    return Predictor(kind="keras", path=path, class_names=class_names, image_size=size,
+                     predict_images=predict, info={k: info.get(k) for k in
+                                                   ("route", "head_kind", "from_head")})

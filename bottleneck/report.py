@@ -1,6 +1,6 @@
-"""Scores of a classifier on the test split: metrics.json, classification report, confusion matrix
-PNG, and training curves. (Stage 2 may bring its own features/report.py; the files written here
-use the same names: metrics.json, classification_report.txt, confusion_matrix.png.)"""
+"""Reports of a fine-tuned network: stage 2's test report (features/report.py) and training curves.
+
+Where stage 2 is not installed, a small local report writes the same file names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,21 @@ import numpy as np
 
 
 def write_report(directory: str, y_true, probs, class_names, extra: dict | None = None) -> dict:
+    """Stage 2's report files (features/report.py: metrics.json, classification_report.txt,
+    confusion_matrix.png) for the network; returns {'test_accuracy', 'test_metrics'}."""
+    try:
+        from features.report import classification_text, test_metrics
+        from features.report import write_report as write_stage2
+    except ImportError:  # stage 2 absent: the small local version below
+        return _write_report_local(directory, y_true, probs, class_names, extra)
+    metrics = test_metrics(y_true, probs, class_names)
+    write_stage2(directory, metrics=metrics, cv={}, text=classification_text(y_true, probs,
+                                                                            class_names),
+                 class_names=class_names, head=extra or {}, title="fine-tuned network")
+    return {"test_accuracy": metrics["accuracy"], "test_metrics": metrics}
+
+
+def _write_report_local(directory: str, y_true, probs, class_names, extra: dict | None = None):
     """Write the report files; return {'test_accuracy', 'macro_f1', 'per_class', 'confusion'}."""
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
 
@@ -35,7 +50,7 @@ def write_report(directory: str, y_true, probs, class_names, extra: dict | None 
     with open(os.path.join(directory, "classification_report.txt"), "w") as handle:
         handle.write(text)
     plot_confusion(os.path.join(directory, "confusion_matrix.png"), cm, class_names)
-    return {k: metrics[k] for k in ("test_accuracy", "macro_f1", "per_class", "confusion")}
+    return {"test_accuracy": metrics["test_accuracy"], "test_metrics": metrics}
 
 
 def plot_confusion(path: str, cm, class_names) -> None:

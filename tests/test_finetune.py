@@ -304,6 +304,11 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     predict, names, size = load_finetuned(out)
     assert len(names) == len(PATTERNS)
 
+    code = main(["predict", "--model", out, os.path.join(data["folder"], "dots"), "--json"])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert lines, "predict printed nothing"
+
     code = main(["export", out, "--out", str(tmp_path / "exp"), "--json"])
     assert code == 0
     exported = json.loads(capsys.readouterr().out)
