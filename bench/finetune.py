@@ -10,9 +10,10 @@ Steps, all through the CLI (what a user runs):
      (b) test accuracy after fine-tuning within --budget seconds of training;
   4. `finetune --head-init random`: the classic route (random Dense head, --warmup-epochs 1 with
      the body frozen at 10x lr, then unfrozen) in the same training budget.
-Time-to-accuracy: seconds until the val accuracy first reaches the target, the best val accuracy
-both routes reach (the lower of the two bests). The transplant route is charged its extraction
-and head-fit wall time as well as its training time; the ratio is classic / transplant.
+Time-to-accuracy: seconds until the val accuracy first reaches the transplanted head's val
+accuracy. The transplant route has it before training and is charged the head fit (and, in a
+second figure, the extraction as well); the classic route must train to it (inf: not within the
+budget). The ratio is classic / transplant.
 
 Absent ../shared assets: prints a note and exits 0.
 """
@@ -80,13 +81,13 @@ def main():
     a = cli("finetune", "--from-head", w("logistic.joblib"), *common, "--out", w("ft_head.keras"))
     b = cli("finetune", "--head-init", "random", "--features", cache, "--warmup-epochs", 1,
             *common, "--out", w("ft_random.keras"))
-    # target: the val accuracy both routes reach; route A pays for extraction + head fit too
-    start = [{"seconds": 0.0, "val_accuracy": a["initial"]["val_accuracy"]}]
-    best_a = max(e["val_accuracy"] for e in start + a["epochs"])
-    best_b = max(e["val_accuracy"] for e in b["epochs"])
-    target = min(best_a, best_b)
-    stage12 = float(ext.get("seconds") or 0) + head["_wall"]
-    ta = stage12 + time_to(start + a["epochs"], target)
+    # target: the transplanted network's val accuracy (= the head's). Route A has it after
+    # stage 2 (0 training seconds); route B has to train to it. A is charged the head fit, and
+    # (second figure) the extraction too, which route B does not need.
+    target = a["initial"]["val_accuracy"]
+    stage2, stage12 = head["_wall"], float(ext.get("seconds") or 0) + head["_wall"]
+    ta = min(0.0 if target <= a["initial"]["val_accuracy"] else float("inf"),
+             time_to(a["epochs"], target))
     tb = time_to(b["epochs"], target)
     summary = {
         "image_size": args.image_size, "budget_s": args.budget,
@@ -101,10 +102,12 @@ def main():
         "classic_test_accuracy": b["test_accuracy"], "classic_epochs": len(b["epochs"]),
         "classic_train_s": b["train_seconds"],
         "target_val_accuracy": target,
-        "time_to_target_s": {"transplant": ta, "classic": tb},
-        "time_to_accuracy_ratio_classic_over_transplant":
-            round(tb / ta, 2) if ta > 0 else None,
-        "stage1_2_seconds_charged_to_transplant": round(stage12, 1),
+        "time_to_target_s": {"transplant_training": ta, "transplant_incl_head_fit": ta + stage2,
+                             "transplant_incl_extract_and_head_fit": ta + stage12,
+                             "classic": tb},
+        "time_to_accuracy_ratio_classic_over_transplant": {
+            "vs_head_fit": round(tb / (ta + stage2), 2),
+            "vs_extract_and_head_fit": round(tb / (ta + stage12), 2)},
         "val_curves": {"transplant": [e["val_accuracy"] for e in a["epochs"]],
                        "classic": [e["val_accuracy"] for e in b["epochs"]]},
     }

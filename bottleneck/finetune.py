@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -242,6 +243,15 @@ def _paths(out: str) -> dict:
 
 
 def run_finetune(opts: FinetuneOptions, say=print) -> dict:
+    with warnings.catch_warnings():
+        # val/test streams have unknown length (undecodable files are dropped): Keras finds
+        # their end on the first pass and says so every time; nothing is wrong
+        warnings.filterwarnings("ignore", message=".*ran out of data.*")
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+        return _run_finetune(opts, say)
+
+
+def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
     import keras
 
     from .images import labelled_dataset
@@ -330,7 +340,10 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
 
     val_ds = split_ds("val", cache_images=True) if len(rows["val"]) else None
     test_ds = split_ds("test", cache_images=False) if len(rows["test"]) else None
-    train_ds = split_ds("train", shuffle=True)
+    # repeated, with a fixed number of steps: each epoch sees every train image once (a fresh
+    # shuffle per pass), and Keras does not warn about running out of data
+    train_ds = split_ds("train", shuffle=True).repeat()
+    steps = int(np.ceil(len(rows["train"]) / opts.batch_size))
 
     initial = {}
     if state is None:
@@ -347,6 +360,12 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
         state = {"epoch": 0, "best_score": None, "best_epoch": None, "history": [],
                  "seconds": 0.0, "initial": initial, "transplant": check, "phase": None,
                  "stale": 0}
+        if opts.head_init == "head" and val_ds is not None:
+            # the transplanted network is epoch 0: training must beat it to replace it
+            val = network.evaluate(val_ds, verbose=0, return_dict=True)
+            state["best_score"] = [float(val["accuracy"]), -float(val["loss"])]
+            state["best_epoch"] = 0
+            inference_model(network).save(paths["best"])
     else:
         initial, check = state.get("initial", {}), state.get("transplant")
 
@@ -381,8 +400,10 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
         state["phase"] = phase
         lr = float(keras.ops.convert_to_numpy(network.optimizer.learning_rate))
         t0 = time.time()
-        fit = network.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
-                          class_weight=class_weight).history
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+            fit = network.fit(train_ds, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                              steps_per_epoch=steps, class_weight=class_weight).history
         row = {"epoch": epoch + 1, "phase": phase, "loss": float(fit["loss"][-1]),
                "accuracy": float(fit["accuracy"][-1]), "val_loss": None, "val_accuracy": None,
                "lr": lr}
@@ -421,7 +442,7 @@ def run_finetune(opts: FinetuneOptions, say=print) -> dict:
         say(stopped)
 
     # -- the best checkpoint, scored once on test
-    best = keras.saving.load_model(paths["best"])
+    best = keras.saving.load_model(paths["best"], compile=False)
     result = {
         "model": paths["best"], "route": opts.head_init, "head_kind": info["head_kind"],
         "backbone": prov["backbone"], "image_size": int(prov["image_size"]),
