@@ -79,9 +79,13 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
         outputs = [o.numpy() for o in forward(np.asarray(images, dtype=np.float32))]
         return pipeline.predict_proba(head_features(outputs, prov))
 
+    info = {"head": bundle["kind"], "layer": prov["layer"], "backbone": prov["backbone"]}
+    if prov.get("weights") == "none":
+        info["warning"] = ("the head was fitted on features of a randomly initialised backbone "
+                           "(weights none); those random weights were not saved, so this run's "
+                           "features differ and its predictions are not meaningful")
     return Predictor("head", path, list(prov["class_names"]), int(prov["image_size"]),
-                     predict_images, {"head": bundle["kind"], "layer": prov["layer"],
-                                      "backbone": prov["backbone"]})
+                     predict_images, info)
 
 
 def collect_images(inputs) -> list[str]:

@@ -31,7 +31,8 @@ from bottleneck.errors import UserError
 LINEAR_KINDS = ("svm", "logistic", "sgd")
 KINDS = ("svm", "logistic", "mlp", "svm-rbf", "svm-poly", "sgd")
 SCALINGS = ("standard", "l2", "l2+standard", "none")
-C_GRID = (1e-3, 1e-2, 1e-1, 1.0)
+SVM_C_GRID = (1e-4, 1e-3, 1e-2)
+LOGISTIC_C_GRID = (1e-3, 1e-2, 1e-1)
 KERNEL_C_GRID = (1.0, 10.0)
 NOT_EXPRESSIBLE = ("--head-init random, or refit a linear head with fit-svm/fit-logistic "
                    "(or an MLP head with fit-mlp)")
@@ -130,6 +131,52 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
         return out.ravel() if out.shape[1] == 1 else out
+
+
+class TemperedKernelSVC(ClassifierMixin, BaseEstimator):
+    """A kernel SVC (one-vs-rest decision function) whose probabilities are
+    softmax(T * decision_function), T fitted like TemperedLinearSVC's. Not expressible as layers."""
+
+    def __init__(self, kernel="rbf", C=1.0, gamma="scale", degree=3, class_weight=None,
+                 temperature_cv=3, random_state=0):
+        self.kernel = kernel
+        self.C = C
+        self.gamma = gamma
+        self.degree = degree
+        self.class_weight = class_weight
+        self.temperature_cv = temperature_cv
+        self.random_state = random_state
+
+    def _svc(self):
+        from sklearn.svm import SVC
+
+        return SVC(kernel=self.kernel, C=self.C, gamma=self.gamma, degree=self.degree,
+                   class_weight=self.class_weight, decision_function_shape="ovr",
+                   random_state=self.random_state)
+
+    def fit(self, X, y):
+        self.svc_ = self._svc().fit(X, y)
+        self.classes_ = self.svc_.classes_
+        self.n_features_in_ = self.svc_.n_features_in_
+        self.temperature_ = 1.0
+        y_index = np.searchsorted(self.classes_, y)
+        folds = int(self.temperature_cv or 0)
+        if folds >= 2 and np.bincount(y_index).min() >= folds:
+            decision = np.zeros((len(y),) if len(self.classes_) == 2 else (len(y), len(self.classes_)))
+            cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
+            for fit_idx, held in cv.split(X, y):
+                decision[held] = self._svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
+            self.temperature_ = fit_temperature(decision, y_index)
+        return self
+
+    def decision_function(self, X):
+        return self.svc_.decision_function(X)
+
+    def predict_proba(self, X):
+        return softmax(self.temperature_ * as_logits(self.decision_function(X)))
+
+    def predict(self, X):
+        return self.classes_[np.argmax(as_logits(self.decision_function(X)), axis=1)]
 
 
 class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
@@ -282,10 +329,8 @@ def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weigh
     elif kind == "mlp":
         clf = NumpyMLP(class_weight=class_weight, random_state=seed)
     elif kind in ("svm-rbf", "svm-poly"):
-        from sklearn.svm import SVC
-
-        clf = SVC(kernel=kind.split("-")[1], class_weight=class_weight, random_state=seed,
-                  gamma="scale")
+        clf = TemperedKernelSVC(kernel=kind.split("-")[1], class_weight=class_weight,
+                                random_state=seed)
     else:
         raise UserError(f"unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
     steps.append(("clf", clf))
@@ -294,8 +339,10 @@ def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weigh
 
 def param_grid(kind: str) -> dict:
     """The log grid searched by CV for `kind` (empty: nothing to choose)."""
-    if kind in ("svm", "logistic"):
-        return {"clf__C": list(C_GRID)}
+    if kind == "svm":
+        return {"clf__C": list(SVM_C_GRID)}
+    if kind == "logistic":
+        return {"clf__C": list(LOGISTIC_C_GRID)}
     if kind in ("svm-rbf", "svm-poly"):
         return {"clf__C": list(KERNEL_C_GRID)}
     if kind == "sgd":
@@ -305,14 +352,14 @@ def param_grid(kind: str) -> dict:
 
 def _search_params(kind: str) -> dict:
     """Settings that make CV candidates cheaper without changing their decisions."""
-    if kind == "svm":
+    if kind in ("svm", "svm-rbf", "svm-poly"):
         return {"clf__temperature_cv": 0}
     return {}
 
 
 def _final_params(kind: str) -> dict:
-    if kind in ("svm-rbf", "svm-poly"):
-        return {"clf__probability": True}
+    if kind in ("svm", "svm-rbf", "svm-poly"):
+        return {"clf__temperature_cv": 3}
     return {}
 
 
@@ -538,4 +585,6 @@ def load_features(cache, layers, rows) -> np.ndarray:
     if rows.dtype == bool:
         rows = np.flatnonzero(rows)
     rows = np.sort(rows)
+    if not len(rows):
+        return np.zeros((0, feature_dim(cache, layers)), np.float32)
     return np.concatenate([cache.features(layer, rows) for layer in layers], axis=1)

@@ -56,10 +56,13 @@ def quick(**kw):
 
 # ------------------------------------------------------------------ layer spec == predict_proba
 
-@pytest.mark.parametrize("k", [2, 3])
-@pytest.mark.parametrize("kind", ["svm", "logistic", "sgd", "mlp"])
-@pytest.mark.parametrize("scaling,pca", [("standard", None), ("standard", 5),
-                                         ("l2+standard", 0.9), ("l2", None), ("none", 4)])
+CASES = [(kind, k, scaling, pca) for kind in ("svm", "logistic", "sgd") for k in (2, 3)
+         for scaling, pca in (("standard", None), ("standard", 5), ("l2+standard", 0.9),
+                              ("l2", None), ("none", 4))]
+CASES += [("mlp", 2, "standard", 5), ("mlp", 3, "l2+standard", None), ("mlp", 3, "none", 0.9)]
+
+
+@pytest.mark.parametrize("kind,k,scaling,pca", CASES)
 def test_layer_spec_reproduces_predict_proba(kind, k, scaling, pca):
     X, y = blobs(n_per_class=30, k=k, d=10, sep=1.0, seed=k)
     X = X * 7 + 3   # unscaled features
@@ -83,6 +86,8 @@ def test_layer_spec_reproduces_predict_proba(kind, k, scaling, pca):
 def test_kernel_svm_is_not_expressible():
     X, y = blobs(n_per_class=20, k=3, d=5)
     pipe = make_pipeline("svm-rbf").fit(X, y)
+    assert pipe.predict_proba(X).shape == (len(X), 3)
+    assert np.mean(pipe.predict(X) == y) > 0.9
     with pytest.raises(UserError, match="--head-init random"):
         head_layer_spec(pipe)
 

@@ -34,6 +34,10 @@ def run(args, say):
         raise UserError("--top-k must be at least 1")
     predictor = load_predictor(args.model, args.weights)
     paths = collect_images(args.inputs)
+    if predictor.info.get("warning"):
+        import sys
+
+        print(f"warning: {predictor.info['warning']}", file=sys.stderr)
     names = predictor.class_names
     k = min(args.top_k, len(names))
     writer, handle = None, None
