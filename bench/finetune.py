@@ -61,7 +61,7 @@ def main():
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--budget", type=float, default=120, help="training seconds per route")
     ap.add_argument("--epochs", type=int, default=20, help="epoch cap per route")
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--work", default=os.path.join(ROOT, "bench", "_work"))
     args = ap.parse_args()
     if not (os.path.isdir(DATA) and os.path.isfile(WEIGHTS)):
