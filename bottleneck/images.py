@@ -234,3 +234,26 @@ def load_batch(paths: list[str], image_size: int):
             ok.append(i)
     shape = (0, image_size, image_size, 3)
     return (np.stack(images) if images else np.zeros(shape, np.float32)), ok, bad
+
+
+def labelled_dataset(paths: list[str], labels, image_size: int, batch_size: int, *,
+                     shuffle: bool = False, seed: int = 0, cache: bool = False):
+    """Batches of (float32 image in [0, 255], int32 label) for training and scoring.
+
+    The same decode+resize as extraction. With `shuffle` (the train split only) the order is
+    reshuffled every epoch from `seed`; otherwise it is the input order. `cache` keeps decoded
+    images in memory after the first pass (for small val/test sets scored every epoch).
+    Undecodable images are dropped, as extraction dropped them.
+    """
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object).astype(str),
+                                             np.asarray(labels, dtype=np.int32)))
+    if shuffle:
+        ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda p, y: (_decode_resize(p, image_size), y),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    if cache:
+        ds = ds.cache()
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)

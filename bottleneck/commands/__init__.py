@@ -16,7 +16,7 @@ from .. import quiet  # noqa: F401
 from ..errors import UserError
 
 COMMANDS = ["demo", "extract", "layers", "backbones", "info", "fit-svm", "fit-logistic", "fit-mlp",
-            "fit", "predict"]
+            "fit", "predict", "finetune", "export"]
 
 
 class _Parser(argparse.ArgumentParser):
