@@ -15,7 +15,7 @@ import sys
 from .. import quiet  # noqa: F401
 from ..errors import UserError
 
-COMMANDS = ["demo", "extract", "layers", "backbones", "info"]
+COMMANDS = ["demo", "extract", "layers", "backbones", "info", "sweep"]
 
 
 class _Parser(argparse.ArgumentParser):
