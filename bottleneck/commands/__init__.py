@@ -15,7 +15,7 @@ import sys
 from .. import quiet  # noqa: F401
 from ..errors import UserError
 
-COMMANDS = ["demo", "extract", "layers", "backbones", "info", "sweep"]
+COMMANDS = ["demo", "extract", "layers", "backbones", "info", "sweep", "advise"]
 
 
 class _Parser(argparse.ArgumentParser):
