@@ -114,6 +114,9 @@ def run(args, say):
     next_cmd = ["python", "cli.py", "extract", "--data", stats["data"] or "DIR", "--backbone",
                 row.name] + (["--alpha", f"{alpha:g}"] if alpha is not None else []) + [
         "--image-size", str(advice["image_size"]), "--layer", str(advice["layer"])]
+    weights = source.get("weights")
+    if weights and weights != "imagenet" and not str(weights).startswith("sha256:"):
+        next_cmd[7:7] = ["--weights", str(weights)]   # what the sweep/cache used (e.g. none)
     advice["command"] = " ".join(shlex.quote(p) for p in next_cmd)
     advice.update(backbone=row.name, alpha=alpha, stats=stats,
                   sweep=args.sweep, features=args.features,
