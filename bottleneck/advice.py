@@ -65,7 +65,8 @@ def recommend(stats: dict, *, sweep: dict | None = None, default_layer: str | No
     unlike = bool(sweep) and not sweep.get("best_is_last", True)
     if sweep:
         layer = sweep["best_layer"]
-        reasons.append(f"layer {layer}: the sweep's best linear-probe score ({best_cv:.3f})"
+        reasons.append(f"layer {layer}: the best linear-probe score of the "
+                       f"{sweep.get('label', 'sweep')} ({best_cv:.3f})"
                        + ("; it is below the top layer, so this data is unlike ImageNet "
                           "(Yosinski et al. 2014)" if unlike else ""))
     else:

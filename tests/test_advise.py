@@ -139,3 +139,17 @@ def test_advise_end_to_end_large_balanced_with_a_sweep(tmp_path, capsys):
 def test_advise_needs_data(tmp_path, capsys):
     assert main(["advise", "--sweep", str(tmp_path / "nope.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_advise_with_a_feature_cache_probes_its_layers(tiny_folder, tmp_path, capsys):
+    from bottleneck.extract import ExtractOptions, run_extract
+
+    out = str(tmp_path / "f.h5")
+    run_extract(ExtractOptions(data=tiny_folder, backbone="mobilenet", alpha=0.25, weights="none",
+                               image_size=32, layers=("conv_pw_5_relu", "conv_pw_13_relu"),
+                               out=out, progress=False), say=lambda *a: None)
+    advice = _advise(capsys, "--features", out)
+    assert advice["backbone"] == "mobilenet" and advice["alpha"] == 0.25
+    assert advice["layer"] in ("conv_pw_5_relu", "conv_pw_13_relu")
+    assert advice["stats"]["n_images"] == 24 and advice["route"] == "features+linear"
+    assert any("layers of f.h5" in r for r in advice["reasons"])

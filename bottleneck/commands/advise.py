@@ -60,8 +60,9 @@ def _probe_cache(cache, say):
         scores.append((result["cv_mean"], layer))
         say(f"  probe {layer}: {result['cv_mean']:.3f} ± {result['cv_std']:.3f}")
     best_cv, best = max(scores)
-    return {"best_layer": best, "best_cv": best_cv, "best_is_last": True,
-            "source": cache.path}
+    top = max(zip(cache.attrs["layer_indices"], cache.layers))[1]
+    return {"best_layer": best, "best_cv": best_cv, "best_is_last": best == top,
+            "label": f"layers of {os.path.basename(cache.path)}", "source": cache.path}
 
 
 def run(args, say):
