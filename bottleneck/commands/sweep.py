@@ -104,6 +104,10 @@ def run(args, say):
         batch_size=args.batch_size, test_size=args.test_size, val_size=args.val_size,
         seed=args.seed, out=cache_path, overwrite=args.overwrite,
         progress=not args.json), say=say)
+    if not extracted.get("already_complete"):
+        from .extract import say_summary
+
+        say_summary(extracted, say)
 
     from features.store import Cache
 
