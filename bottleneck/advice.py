@@ -22,7 +22,8 @@ RULES = {
                                "CS231n transfer-learning notes (large dataset)"),
     "saturated": (0.98, "a best probe score at or above 0.98: fine-tuning has little to gain",
                   "the probe itself: under 2 points left to win"),
-    "deep_unfreeze": (10000, "10000 images or more (or data unlike ImageNet, per the sweep): "
+    "deep_unfreeze": (10000, "10000 images or more (or data unlike ImageNet: the sweep's best "
+                             "layer beats the top one by more than the folds' spread): "
                              "unfreeze the top two blocks instead of the top one",
                       "Yosinski et al. 2014, How transferable are features in deep neural "
                       "networks?; CS231n (large and different dataset)"),
@@ -54,7 +55,7 @@ def suggest_size(median_short: float | None, default_size: int, min_size: int = 
 def recommend(stats: dict, *, sweep: dict | None = None, default_layer: str | None = None,
               default_size: int = 224, min_size: int = 32, unfreeze: dict | None = None) -> dict:
     """The advice for dataset `stats` (n_images, per_class, imbalance_ratio, median_short_side),
-    an optional sweep summary (best_layer, best_cv, best_is_last), the backbone's default layer
+    an optional sweep summary (best_layer, best_cv, best_is_last, lower_wins), the backbone's default layer
     and size, and `unfreeze` = {1: layer name, 2: layer name} (the top one / two blocks)."""
     reasons = []
     n = int(stats["n_images"])
@@ -62,7 +63,8 @@ def recommend(stats: dict, *, sweep: dict | None = None, default_layer: str | No
     small = n < threshold("small_set")
 
     best_cv = sweep.get("best_cv") if sweep else None
-    unlike = bool(sweep) and not sweep.get("best_is_last", True)
+    # data unlike ImageNet: a lower layer beat the top one by more than the probe's noise
+    unlike = bool(sweep) and sweep.get("lower_wins", not sweep.get("best_is_last", True))
     if sweep:
         layer = sweep["best_layer"]
         reasons.append(f"layer {layer}: the best linear-probe score of the "

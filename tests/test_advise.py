@@ -46,6 +46,11 @@ def test_large_sets_fine_tune_from_the_top_block_deeper_when_very_large():
     unlike = recommend(stats({"a": 600, "b": 600}), sweep={
         "best_layer": "conv_pw_5_relu", "best_cv": 0.8, "best_is_last": False}, **KW)
     assert unlike["layer"] == "conv_pw_5_relu" and unlike["unfreeze_from"] == "conv_dw_6"
+    # ... but not when the lower layer's lead is within the probe's noise
+    marginal = recommend(stats({"a": 600, "b": 600}), sweep={
+        "best_layer": "conv_pw_11_relu", "best_cv": 0.731, "best_is_last": False,
+        "lower_wins": False}, **KW)
+    assert marginal["layer"] == "conv_pw_11_relu" and marginal["unfreeze_from"] == "conv_dw_12"
 
 
 def test_imbalance_saturation_and_tiny_classes():

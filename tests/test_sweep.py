@@ -81,6 +81,7 @@ def test_sweep_finds_a_low_layer_reading_one_layer_at_a_time(tmp_path, monkeypat
     assert best != "conv_pw_13_relu" and names.index(best) <= 1, summary["layers"]
     scores = {r["layer"]: r["cv_mean"] for r in summary["layers"]}
     assert scores[best] > scores["conv_pw_13_relu"] + 0.2
+    assert summary["lower_wins"] is True and summary["best_is_last"] is False
     assert summary["command"].endswith(f"--layer {best}")
     assert "extract --data" in summary["command"] and "--weights none" in summary["command"]
     for key in ("plot", "json", "csv"):

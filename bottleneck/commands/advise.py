@@ -54,14 +54,18 @@ def _probe_cache(cache, say):
     from ..probe import cv_probe, probe_rows
 
     rows = probe_rows(cache.labels, cache.split_mask("train"), 2000, 0)
-    scores = []
+    scores, stds = [], {}
     for layer in cache.layers:
         result = cv_probe(cache.features(layer, rows), cache.labels[rows])
         scores.append((result["cv_mean"], layer))
+        stds[layer] = result["cv_std"]
         say(f"  probe {layer}: {result['cv_mean']:.3f} ± {result['cv_std']:.3f}")
     best_cv, best = max(scores)
     top = max(zip(cache.attrs["layer_indices"], cache.layers))[1]
+    means = {layer: mean for mean, layer in scores}
+    wins = best != top and best_cv - means[top] > max(stds[best], stds[top])
     return {"best_layer": best, "best_cv": best_cv, "best_is_last": best == top,
+            "lower_wins": bool(wins),
             "label": f"layers of {os.path.basename(cache.path)}", "source": cache.path}
 
 

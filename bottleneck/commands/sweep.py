@@ -146,11 +146,14 @@ def run(args, say):
         writer.writeheader()
         writer.writerows(rows)
     last = rows[-1]
+    # a lower layer "wins" only by more than the spread of the folds' scores
+    lower_wins = best is not last and (best["cv_mean"] - last["cv_mean"]
+                                       > max(best["cv_std"], last["cv_std"]))
     summary = {
         "layers": [{k: r[k] for k in ("layer", "index", "dim", "cv_mean", "cv_std", "C")}
                    for r in rows],
         "best_layer": best["layer"], "best_index": best["index"], "best_cv": best["cv_mean"],
-        "best_is_last": best is last, "command": command, "plot": paths["png"],
+        "best_is_last": best is last, "lower_wins": bool(lower_wins), "command": command, "plot": paths["png"],
         "json": paths["json"], "csv": paths["csv"], "cache": cache_path,
         "data": os.path.abspath(args.data), "backbone": row.name, "alpha": alpha,
         "weights": args.weights, "image_size": image_size, "n_train": int(len(train)),
@@ -159,9 +162,16 @@ def run(args, say):
     }
     with open(paths["json"], "w") as handle:
         json.dump(summary, handle, indent=2)
+    if best is last:
+        verdict = ""
+    elif lower_wins:
+        verdict = (f"; it beats the top layer {last['layer']} ({last['cv_mean']:.3f}) by more "
+                   "than the folds' spread: your data is unlike what the top layers learned")
+    else:
+        verdict = (f"; the top layer {last['layer']} ({last['cv_mean']:.3f}) is within the "
+                   "folds' spread of it: either will do")
     say(f"\nbest layer: {best['layer']} (depth {best['index']}, CV {best['cv_mean']:.3f})"
-        + ("" if best is last else f"; it beats the top layer {last['layer']} "
-           f"({last['cv_mean']:.3f}): your data is unlike what the top layers were trained for"))
+        + verdict)
     say(f"use it:\n  {command}")
     say(f"wrote {paths['json']}, {paths['csv']}, {paths['png']}")
     return summary
