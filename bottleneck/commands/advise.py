@@ -114,6 +114,11 @@ def run(args, say):
 
     advice = recommend(stats, sweep=sweep or probe, default_layer=default_layer,
                        default_size=row.default_size, min_size=row.min_size, unfreeze=unfreeze)
+    swept = (sweep or {}).get("image_size")
+    if swept and int(swept) != advice["image_size"]:
+        advice["reasons"].append(f"the sweep ran at {swept} px, not {advice['image_size']}: the "
+                                 "best layer can shift with the size; re-run the sweep at "
+                                 f"--image-size {advice['image_size']} to confirm it")
     import shlex
 
     next_cmd = ["python", "cli.py", "extract", "--data", stats["data"] or "DIR", "--backbone",
