@@ -15,8 +15,8 @@ import sys
 from .. import quiet  # noqa: F401
 from ..errors import UserError
 
-COMMANDS = ["demo", "extract", "layers", "backbones", "info", "fit-svm", "fit-logistic", "fit-mlp",
-            "fit", "predict", "finetune", "export"]
+COMMANDS = ["demo", "extract", "layers", "backbones", "info", "sweep", "advise", "fit-svm",
+            "fit-logistic", "fit-mlp", "fit", "predict", "finetune", "export"]
 
 
 class _Parser(argparse.ArgumentParser):
