@@ -144,6 +144,23 @@ def cached_features(cache, rows, layers=None) -> np.ndarray:
                           axis=1)
 
 
+def refit_head_on_train(head: dict, cache, layers, train_rows, say) -> dict:
+    """A head refit on train+val has seen the val split that fine-tuning uses to choose its
+    checkpoint and stop early: refit a copy on the train rows only, same hyper-parameters."""
+    from sklearn.base import clone
+
+    from features.heads import head_layer_spec
+
+    started = time.time()
+    pipeline = clone(head["bundle"]["pipeline"])
+    pipeline.fit(cached_features(cache, train_rows, layers), cache.labels[train_rows])
+    say(f"the head was refit on train+val; refit it on the {len(train_rows)} train images only "
+        f"(same hyper-parameters, {time.time() - started:.1f} s) so val stays unseen for "
+        "checkpoint choice")
+    return {**head, "spec": head_layer_spec(pipeline), "predict_proba": pipeline.predict_proba,
+            "refit": "train"}
+
+
 # ---------------------------------------------------------------- trainability
 
 def _is_bn(layer) -> bool:
@@ -297,6 +314,11 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
 
     # -- rows of each split
     rows = {name: np.flatnonzero(cache.split_mask(name)) for name in ("train", "val", "test")}
+    if (head is not None and head.get("scores", {}).get("refit_on") == "train+val"
+            and len(rows["val"]) and len(rows["train"])):
+        head = refit_head_on_train(head, cache, layers, rows["train"], say)
+        spec = head["spec"]
+        info["head_refit"] = "train"
     if not len(rows["train"]):
         raise UserError("the cache has no train images; re-extract with a split")
     files = [os.path.join(data_dir, p) for p in cache.paths]
