@@ -265,6 +265,8 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
         kind, pipeline, info = fitted[order[0]]
         out = opts.out or "best.joblib"
         summary = _finish(kind, pipeline, info, data, opts, out, say, table=table)
+        if kind in NOT_TRANSPLANTABLE:
+            summary["transplantable"] = _save_transplantable(fitted, order, data, out, say)
     say("ranked by cross-validated accuracy on the train split:")
     say(f"  {'rank':>4}  {'head':<10} {'cv mean':>8} {'cv std':>7}  {'seconds':>7}  params")
     for row in table:
@@ -272,6 +274,28 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
             f"  {row['fit_seconds']:>7.1f}  {row['best_params'] or '-'}")
     say_summary(summary, say)
     return summary
+
+
+NOT_TRANSPLANTABLE = ("svm-rbf", "svm-poly")
+
+
+def _save_transplantable(fitted, order, data: _Data, out: str, say):
+    """When a kernel SVM wins, also keep the best head `finetune` can put on the network, saved
+    beside the winner as <out>-transplantable.joblib. It is not scored on test: the test split
+    is looked at once, for the winner; finetune reports its transplanted test score itself."""
+    for i in order:
+        kind, pipeline, info = fitted[i]
+        if kind in NOT_TRANSPLANTABLE:
+            continue
+        path = os.path.splitext(out)[0] + "-transplantable.joblib"
+        scores = {"cv": _cv_block(info), "test": None, "route": info["route"],
+                  "refit_on": info.get("refit_on"), "fit_seconds": info["fit_seconds"]}
+        save_head(path, make_bundle(kind, pipeline, data.cache.provenance(), data.layer,
+                                    data.layers, scores))
+        say(f"{kind} (cv {info['cv_mean']:.4f}) is the best head finetune can transplant: "
+            f"saved to {path} (`python cli.py finetune --from-head {path}`)")
+        return {"head": kind, "path": path, "cv_score": info["cv_mean"]}
+    return None
 
 
 def say_summary(s: dict, say):

@@ -259,3 +259,23 @@ def test_single_layer_choice(separable, tmp_path):
                  kinds=("logistic",), say=lambda *a: None)
     assert s["feature_layers"] == ["b"] and s["feature_dim"] == 4
     assert load_head(str(tmp_path / "b.joblib"))["provenance"]["layer"] == "b"
+
+
+def test_kernel_winner_also_saves_best_transplantable_head(tmp_path):
+    """Concentric classes: an RBF SVM wins by CV; fit keeps the best linear head for finetune."""
+    rng = np.random.default_rng(0)
+    n = 80
+    radius = np.r_[rng.uniform(0, 1, n), rng.uniform(2, 3, n)]
+    angle = rng.uniform(0, 2 * np.pi, 2 * n)
+    X = np.c_[radius * np.cos(angle), radius * np.sin(angle)].astype(np.float32)
+    y = np.repeat([0, 1], n)
+    path = write_synthetic_cache(tmp_path / "rings.h5", {"a": X}, y, ["inner", "outer"])
+    out = str(tmp_path / "best.joblib")
+    summary = fit_best(quick(features=path, out=out), ("svm-rbf", "logistic"),
+                       say=lambda *a: None)
+    assert summary["head"] == "svm-rbf"
+    extra = summary["transplantable"]
+    assert extra["head"] == "logistic" and extra["path"].endswith("best-transplantable.joblib")
+    bundle = load_head(extra["path"])
+    assert bundle["kind"] == "logistic" and bundle["scores"]["test"] is None
+    head_layer_spec(bundle["pipeline"])   # expressible as network layers
