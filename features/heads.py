@@ -70,6 +70,20 @@ def fit_temperature(decision: np.ndarray, y_index: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def cv_temperature(make_svc, X, y, classes, folds, random_state) -> float:
+    """The softmax temperature of an SVM: fitted by log-loss on `folds`-fold cross-validated
+    decision values of fresh `make_svc()` models (1.0 when there are too few images)."""
+    y_index = np.searchsorted(classes, y)
+    folds = int(folds or 0)
+    if folds < 2 or np.bincount(y_index).min() < folds:
+        return 1.0
+    decision = np.zeros((len(y),) if len(classes) == 2 else (len(y), len(classes)))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=random_state)
+    for fit_idx, held in cv.split(X, y):
+        decision[held] = make_svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
+    return fit_temperature(decision, y_index)
+
+
 class SoftmaxLinearMixin:
     """predict_proba = softmax(temperature_ * logits(decision_function)) for a linear model."""
 
@@ -117,15 +131,8 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
             self.classes_ = svc.classes_
             self.coef_, self.intercept_ = svc.coef_, svc.intercept_
             self.n_features_in_ = svc.n_features_in_
-            self.temperature_ = 1.0
-            y_index = np.searchsorted(self.classes_, y)
-            folds = int(self.temperature_cv or 0)
-            if folds >= 2 and np.bincount(y_index).min() >= folds:
-                decision = np.zeros((len(y),) if len(self.classes_) == 2 else (len(y), len(self.classes_)))
-                cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
-                for fit_idx, held in cv.split(X, y):
-                    decision[held] = self._svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
-                self.temperature_ = fit_temperature(decision, y_index)
+            self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
+                                               self.temperature_cv, self.random_state)
         return self
 
     def decision_function(self, X):
@@ -158,15 +165,8 @@ class TemperedKernelSVC(ClassifierMixin, BaseEstimator):
         self.svc_ = self._svc().fit(X, y)
         self.classes_ = self.svc_.classes_
         self.n_features_in_ = self.svc_.n_features_in_
-        self.temperature_ = 1.0
-        y_index = np.searchsorted(self.classes_, y)
-        folds = int(self.temperature_cv or 0)
-        if folds >= 2 and np.bincount(y_index).min() >= folds:
-            decision = np.zeros((len(y),) if len(self.classes_) == 2 else (len(y), len(self.classes_)))
-            cv = StratifiedKFold(folds, shuffle=True, random_state=self.random_state)
-            for fit_idx, held in cv.split(X, y):
-                decision[held] = self._svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
-            self.temperature_ = fit_temperature(decision, y_index)
+        self.temperature_ = cv_temperature(self._svc, X, y, self.classes_, self.temperature_cv,
+                                           self.random_state)
         return self
 
     def decision_function(self, X):

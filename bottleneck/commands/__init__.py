@@ -15,7 +15,7 @@ import sys
 from .. import quiet  # noqa: F401
 from ..errors import UserError
 
-COMMANDS = ["demo", "extract", "layers", "backbones", "info", "sweep", "advise", "fit-svm",
+COMMANDS = ["demo", "run", "extract", "layers", "backbones", "info", "sweep", "advise", "fit-svm",
             "fit-logistic", "fit-mlp", "fit", "predict", "finetune", "export"]
 
 

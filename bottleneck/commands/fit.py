@@ -5,8 +5,6 @@ The logic lives in features/fitting.py and features/heads.py; these are the argu
 
 from __future__ import annotations
 
-import os
-
 from features.fitting import DEFAULT_FIT_KINDS, FitOptions, fit_best, fit_one, parse_pca
 from features.heads import KINDS, SCALINGS
 
@@ -142,16 +140,3 @@ def run(args, say):
     if unknown or not kinds:
         raise UserError(f"--heads {args.heads!r}: choose among {', '.join(KINDS)}")
     return fit_best(options(args), kinds, say)
-
-
-def demo_stage(args, cache_path, say) -> dict:
-    """`demo`: fit every head on the demo cache, keep the best in DIR/best.joblib with a report."""
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers()
-    add_parser(sub)
-    ns = parser.parse_args(["fit", "--features", cache_path, "--cv", "3",
-                            "--out", os.path.join(args.dir, "best.joblib"),
-                            "--report", os.path.join(args.dir, "report")])
-    return {"fit": run(ns, say)}

@@ -1,0 +1,30 @@
+"""`run`: the whole route in one command, and its side-by-side report."""
+
+import json
+import os
+
+from bottleneck.commands import main
+from bottleneck.synthetic import make_image_folder
+
+
+def test_run_puts_every_stage_in_one_report(tmp_path, capsys):
+    data = make_image_folder(str(tmp_path / "data"), n_per_class=10, size=32)
+    out = str(tmp_path / "run")
+    code = main(["run", "--data", data, "--backbone", "mobilenet", "--alpha", "0.25",
+                 "--weights", "none", "--image-size", "32", "--out-dir", out, "--finetune", "yes",
+                 "--epochs", "1", "--heads", "logistic", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["advise"]["route"] == "features+linear"      # 40 images: a small set
+    names = [s["name"] for s in result["stages"]]
+    assert names[:2] == ["advise", "extract"] and names[-1] == "finetune"
+    html = open(result["report"]["html"]).read()
+    md = open(result["report"]["markdown"]).read()
+    for name in names:
+        assert name in md
+    assert html.count("data:image/png;base64,") >= 3    # two confusion matrices and the curves
+    with open(os.path.join(out, "fit_report", "metrics.json")) as handle:
+        fit_acc = json.load(handle)["accuracy"]
+    assert f"{fit_acc:.4f}" in md
+    assert abs(result["fit"]["test_accuracy"] - fit_acc) < 1e-12
+    assert os.path.isfile(os.path.join(out, "finetuned.keras"))
