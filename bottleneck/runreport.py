@@ -25,7 +25,8 @@ def _png(path: str | None) -> str | None:
 
 
 def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
-    """stages: [{"name", "seconds", "report_dir" (with metrics.json), "note", "curves" (png)}]."""
+    """stages: [{"name", "seconds", "report_dir" (with metrics.json), "note",
+    "plots": [(title, png path)]}]."""
     rows, per_class, images = [], {}, []
     for stage in stages:
         m = _metrics(stage.get("report_dir"))
@@ -35,8 +36,8 @@ def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
                 per_class.setdefault(cls, {})[stage["name"]] = v.get("f1")
             images.append((f"{stage['name']}: confusion matrix",
                            os.path.join(stage["report_dir"], "confusion_matrix.png")))
-        if stage.get("curves"):
-            images.append((f"{stage['name']}: training curves", stage["curves"]))
+        for title, path in stage.get("plots", []):
+            images.append((f"{stage['name']}: {title}", path))
 
     def fmt(x, digits=4):
         return "-" if x is None else f"{x:.{digits}f}"

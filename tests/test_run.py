@@ -18,6 +18,7 @@ def test_run_puts_every_stage_in_one_report(tmp_path, capsys):
     assert result["advise"]["route"] == "features+linear"      # 40 images: a small set
     names = [s["name"] for s in result["stages"]]
     assert names[:2] == ["advise", "extract"] and names[-1] == "finetune"
+    assert result["stages"][-1]["plots"][0][0] == "training curves"
     html = open(result["report"]["html"]).read()
     md = open(result["report"]["markdown"]).read()
     for name in names:

@@ -38,4 +38,4 @@ def run(args, say):
         weights = "none"
     return _cli(["run", "--data", images, "--backbone", "mobilenet", "--alpha", "0.25",
                  "--weights", weights, "--image-size", args.image_size, "--out-dir", args.dir,
-                 "--finetune", "yes", "--epochs", args.epochs], say)
+                 "--sweep", "--finetune", "yes", "--epochs", args.epochs], say)

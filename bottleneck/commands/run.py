@@ -66,8 +66,10 @@ def run(args, say):
                   say)
     result["advise"] = advice
     size = args.image_size or advice["image_size"]
-    stages.append({"name": "advise", "seconds": round(time.time() - started, 1),
-                   "note": advice["route"]})
+    stages.append({"name": "advise" + (" (after a sweep)" if sweep_json else ""),
+                   "seconds": round(time.time() - started, 1), "note": advice["route"],
+                   "plots": [("linear probe per layer", result["sweep"].get("plot"))]
+                   if sweep_json else []})
 
     started = step("extract")
     cache = os.path.join(out, "features.h5")
@@ -110,13 +112,14 @@ def run(args, say):
         result["finetune"] = tuned
         stages.append({"name": "finetune", "seconds": round(time.time() - started, 1),
                        "report_dir": ft_report,
-                       "curves": os.path.join(ft_report, "training_curves.png"),
+                       "plots": [("training curves",
+                                  os.path.join(ft_report, "training_curves.png"))],
                        "note": f"from {os.path.basename(head)}; best epoch {tuned['best_epoch']}"})
     else:
         say("\n== finetune: skipped (" + ("--finetune no" if args.finetune == "no" else
                                           "advise: not worth it for this data") + ")")
     result["report"] = write_run_report(out, advice=advice, stages=stages)
-    result["stages"] = [{k: v for k, v in s.items() if k != "curves"} for s in stages]
+    result["stages"] = stages
     say("\n" + "\n".join(f"{s['name']:<28} {s['seconds']:>7.1f} s  {s.get('note', '')}"
                          for s in stages))
     say(f"report: {result['report']['html']} and {result['report']['markdown']}")
