@@ -73,8 +73,16 @@ def augmentation_layers(opts: AugmentOptions, seed: int = 0) -> list:
         layers.append(SymmetricShear(opts.shear, fill_mode="reflect", seed=seed + 4,
                                            name="aug_shear"))
     if opts.color_jitter:
+        # separate stock layers with explicit ranges: keras' RandomColorJitter/RandomSaturation
+        # read a single saturation factor f as "sample in [0, f]" with 0.5 the identity, so a
+        # small jitter like 0.1 turned every training image nearly grey
         c = opts.color_jitter
-        layers.append(keras.layers.RandomColorJitter(
-            value_range=(0, 255), brightness_factor=c, contrast_factor=c, saturation_factor=c,
-            seed=seed + 5, name="aug_color"))
+        layers += [
+            keras.layers.RandomBrightness(c, value_range=(0, 255), seed=seed + 5,
+                                          name="aug_brightness"),
+            keras.layers.RandomContrast(c, value_range=(0, 255), seed=seed + 6,
+                                        name="aug_contrast"),
+            keras.layers.RandomSaturation((0.5 - c / 2, 0.5 + c / 2), value_range=(0, 255),
+                                          seed=seed + 7, name="aug_saturation"),
+        ]
     return layers

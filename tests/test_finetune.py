@@ -331,3 +331,21 @@ def test_cli_errors_are_one_line(data, capsys):
     assert main(["finetune", "--head-init", "random", "--features", data["caches"]["avg"],
                  "--unfreeze-from", "nope", "--epochs", "1", "--json"]) == 2
     assert "--unfreeze-from" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_colour_jitter_keeps_colour():
+    """A small --color-jitter changes colours a little; it must not turn images grey."""
+    import numpy as np
+
+    from bottleneck.augment import AugmentOptions, augmentation_layers
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = x
+    for layer in augmentation_layers(AugmentOptions(flip="none", rotation=0, shift=0, zoom=0,
+                                                    color_jitter=0.1)):
+        y = layer(y, training=True)
+    y = np.asarray(y)
+    chroma = lambda im: im.std(axis=-1).mean()  # noqa: E731  (0 for grey pixels)
+    assert 0.7 < chroma(y) / chroma(x) < 1.4
+    assert np.abs(y - x).mean() > 0.5   # and it does change them
