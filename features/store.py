@@ -211,7 +211,7 @@ class Cache:
             rows = np.asarray(rows)
             rows = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
             data = dset[rows] if len(rows) else np.empty((0, *dset.shape[1:]), np.float32)
-        return data.reshape(len(data), data.shape[1], -1)
+        return data.reshape(len(data), data.shape[1], self.feature_dim(layer))
 
     def feature_dim(self, layer: str) -> int:
         return int(np.prod(self.dataset(layer).shape[1:]))
@@ -226,7 +226,7 @@ class Cache:
             if rows.dtype == bool:
                 rows = np.flatnonzero(rows)
             data = dset[np.sort(rows)] if len(rows) else np.empty((0, *dset.shape[1:]), "float32")
-        return data.reshape(len(data), -1) if flatten else data
+        return data.reshape(len(data), self.feature_dim(layer)) if flatten else data
 
     def iter_chunks(self, layer: str, rows=None, flatten: bool = True):
         """Yield (row_indices, features) chunk by chunk, so huge caches never sit in memory whole."""
@@ -243,7 +243,7 @@ class Cache:
                 if not len(index):
                     continue
             block = dset[start:stop][index - start]
-            yield index, (block.reshape(len(block), -1) if flatten else block)
+            yield index, (block.reshape(len(block), self.feature_dim(layer)) if flatten else block)
 
     def split_mask(self, name: str) -> np.ndarray:
         return self.split == SPLIT_NAMES.index(name)

@@ -140,6 +140,7 @@ def test_cache_contract(tiny_folder, tmp_path):
         for name in ("train", "val", "test"):
             counts = np.bincount(cache.labels[cache.split_mask(name)], minlength=4)
             assert counts.min() == counts.max()   # stratified: equal per class here
+        assert cache.features("conv_pw_5_relu", rows=[]).shape == (0, 128)
         chunks = list(cache.iter_chunks("conv_pw_5_relu", rows=cache.split_mask("test")))
         streamed = np.concatenate([block for _, block in chunks])
         assert_close(streamed, cache.features("conv_pw_5_relu", rows=cache.split_mask("test")), 0)
