@@ -1,6 +1,7 @@
 """Stage 3 bench: transplanted head vs the classic route on ../shared/data/flowers5.
 
     python bench/finetune.py [--image-size 128] [--budget 120] [--epochs 3]
+                             [--unfreeze-from conv_dw_6] [--augment]
 
 Steps, all through the CLI (what a user runs):
   1. `extract` MobileNet 0.25 (real ImageNet weights from ../shared/weights), avg pool, split
@@ -62,6 +63,9 @@ def main():
     ap.add_argument("--budget", type=float, default=120, help="training seconds per route")
     ap.add_argument("--epochs", type=int, default=20, help="epoch cap per route")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--unfreeze-from", default="conv_dw_12",
+                    help="first trainable body layer of both routes (default the top block)")
+    ap.add_argument("--augment", action="store_true", help="train both routes with --augment")
     ap.add_argument("--work", default=os.path.join(ROOT, "bench", "_work"))
     args = ap.parse_args()
     if not (os.path.isdir(DATA) and os.path.isfile(WEIGHTS)):
@@ -77,7 +81,8 @@ def main():
                "--report", w("logistic_report"))
     head_acc = head.get("test_accuracy", head.get("test", {}).get("accuracy"))
     common = ["--epochs", args.epochs, "--time-budget", args.budget, "--lr", args.lr,
-              "--batch-size", 32, "--seed", 0, "--unfreeze-from", "conv_dw_12"]
+              "--batch-size", 32, "--seed", 0, "--unfreeze-from", args.unfreeze_from] + (
+                  ["--augment"] if args.augment else [])
     a = cli("finetune", "--from-head", w("logistic.joblib"), *common, "--out", w("ft_head.keras"))
     b = cli("finetune", "--head-init", "random", "--features", cache, "--warmup-epochs", 1,
             *common, "--out", w("ft_random.keras"))
@@ -90,7 +95,8 @@ def main():
              time_to(a["epochs"], target))
     tb = time_to(b["epochs"], target)
     summary = {
-        "image_size": args.image_size, "budget_s": args.budget,
+        "image_size": args.image_size, "budget_s": args.budget, "lr": args.lr,
+        "unfreeze_from": args.unfreeze_from, "augment": args.augment,
         "extract_s": ext.get("seconds"), "head_fit_wall_s": head["_wall"],
         "split": a["split"],
         "head_test_accuracy": head_acc,
