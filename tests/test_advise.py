@@ -137,7 +137,8 @@ def test_advise_end_to_end_large_balanced_with_a_sweep(tmp_path, capsys):
                     "cv_std": 0.02}]}))
     advice = _advise(capsys, "--sweep", sweep)
     assert advice["layer"] == "conv3_block4_out" and advice["finetune"] is True
-    assert advice["unfreeze_from"] == "conv4_block1_1_conv"  # unlike ImageNet: two blocks
+    # unlike ImageNet: two blocks, counted below the chosen tap (finetune's body ends there)
+    assert advice["unfreeze_from"] == "conv2_block1_1_conv"
     assert "--weights none" in advice["command"]
 
 

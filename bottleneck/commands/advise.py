@@ -64,8 +64,9 @@ def _probe_cache(cache, say):
     top = max(zip(cache.attrs["layer_indices"], cache.layers))[1]
     means = {layer: mean for mean, layer in scores}
     wins = best != top and best_cv - means[top] > max(stds[best], stds[top])
-    return {"best_layer": best, "best_cv": best_cv, "best_is_last": best == top,
-            "lower_wins": bool(wins),
+    index = dict(zip(cache.layers, cache.attrs["layer_indices"]))
+    return {"best_layer": best, "best_index": int(index[best]), "best_cv": best_cv,
+            "best_is_last": best == top, "lower_wins": bool(wins),
             "label": f"layers of {os.path.basename(cache.path)}", "source": cache.path}
 
 
@@ -105,12 +106,34 @@ def run(args, say):
     alpha = args.alpha if args.alpha is not None else source.get("alpha")
     alpha = None if not row.alphas else float(alpha if alpha is not None else 1.0)
     body = build_body(row, weights=None, image_size=row.default_size, alpha=alpha)
+    # The chosen tap, as an index: the sweep's/probe's best, else the backbone's default. The
+    # unfreeze point must lie below it (finetune's body ends at the tap), and an auto-named layer
+    # is passed on by index (its name changes with what the process built before).
+    best = sweep or probe
+    if best and best.get("best_index") is not None:
+        tap = int(best["best_index"]) % len(body.layers)
+    elif best:
+        names = [layer.name for layer in body.layers]
+        if best["best_layer"] not in names:
+            raise UserError(f"layer {best['best_layer']!r} of the sweep is not in {row.name}; "
+                            "re-run the sweep")
+        tap = names.index(best["best_layer"])
+    else:
+        from ..network import default_layer_specs, resolve_layers
+
+        tap = resolve_layers(body, default_layer_specs(row))[0][1]
+    import keras
+
+    cut = keras.Model(body.inputs, body.layers[tap].output)
     unfreeze = {}
     for blocks in (1, 2):
-        point = unfreeze_point(body, blocks)
-        unfreeze[blocks] = layer_spec(body, point[1]) if point else None
-    default_layer = row.default_layer or layer_spec(body, len(body.layers) - 1)
-    del body
+        point = unfreeze_point(cut, blocks)
+        unfreeze[blocks] = layer_spec(cut, point[1]) if point else None
+    default_layer = layer_spec(body, tap)
+    if best:
+        best = {**best, "best_layer": default_layer}
+        sweep, probe = (best, None) if sweep else (None, best)
+    del body, cut
 
     advice = recommend(stats, sweep=sweep or probe, default_layer=default_layer,
                        default_size=row.default_size, min_size=row.min_size, unfreeze=unfreeze)
