@@ -24,8 +24,9 @@ class _Folded(keras.layers.Layer):
         return inputs
 
 
-def _foldable_pairs(model) -> dict:
-    """{bn layer name: conv layer} for every BN fed only by a channels-last conv."""
+def _foldable_pairs(model, keep=()) -> dict:
+    """{bn layer name: conv layer} for every BN fed only by a channels-last conv whose own
+    output is not in `keep` (a tapped conv must keep its pre-BatchNorm output)."""
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
@@ -34,7 +35,7 @@ def _foldable_pairs(model) -> dict:
         if len(parents) != 1:
             continue
         conv = parents[0].operation
-        if (type(conv) in _CONVS and len(conv._outbound_nodes) == 1
+        if (type(conv) in _CONVS and conv.name not in keep and len(conv._outbound_nodes) == 1
                 and len(conv._inbound_nodes) == 1 and conv.data_format == "channels_last"
                 and layer.axis in (-1, 3)):
             pairs[layer.name] = conv
@@ -62,12 +63,14 @@ def _is_depthwise(conv) -> bool:
     return isinstance(conv, keras.layers.DepthwiseConv2D)
 
 
-def fold_batchnorm(model):
+def fold_batchnorm(model, keep=()):
     """A functional clone of `model` for inference with conv+BN pairs folded; same layer names.
+
+    Convolutions named in `keep` (tapped layers) are left unfolded, so their outputs stay exact.
 
     Every layer is a fresh copy (so the clone's tensors are its own), weights copied over.
     """
-    pairs = _foldable_pairs(model)
+    pairs = _foldable_pairs(model, set(keep))
     if not pairs:
         return model
     convs = {conv.name: bn_name for bn_name, conv in pairs.items()}

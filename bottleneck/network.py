@@ -112,7 +112,7 @@ def build_feature_model(row: Backbone, *, weights, image_size: int, alpha, layer
         if fold_bn and precision == "float32":
             from .fold import fold_batchnorm
 
-            body = fold_batchnorm(body)
+            body = fold_batchnorm(body, keep=[name for name, _ in taps])
         cut = keras.Model(body.inputs, [body.get_layer(name).output for name, _ in taps],
                           name=f"{row.name}_taps")
         cut.trainable = False

@@ -52,6 +52,7 @@ def direct_keras_features(backbone, weights, layer, data, paths, size, pool):
 @pytest.mark.parametrize("backbone,layer,pool", [
     ("mobilenet", "conv_pw_13_relu", "avg"),     # preprocess 'tf' ([-1, 1])
     ("mobilenet", "conv_pw_6_relu", "none"),
+    ("mobilenet", "conv_pw_13", "avg"),           # a conv that feeds a BatchNorm: not folded
     ("vgg16", "block3_pool", "max"),              # preprocess 'caffe' (BGR, mean subtraction)
     ("densenet121", "pool2_pool", "avg"),         # preprocess 'torch'
     ("efficientnetb0", "block2b_add", "avg"),     # preprocessing inside the model
