@@ -101,6 +101,7 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
                     raise UserError(f"{out} already holds a different cache ({'; '.join(diffs)}); "
                                     "pass another --out, or --overwrite to replace it")
                 summary = existing.summary()
+            journal.discard()  # a run killed between the final rename and its clean-up
             say(f"{out} is already complete for these settings; nothing to do "
                 "(--overwrite re-extracts).")
             return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}

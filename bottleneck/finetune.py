@@ -312,6 +312,10 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
     # -- rows of each split
     rows = {name: np.flatnonzero(cache.split_mask(name)) for name in ("train", "val", "test")}
     if (head is not None and head.get("scores", {}).get("refit_on") == "train+val"
+            and head.get("scores", {}).get("route") == "out-of-core"):
+        say("note: this out-of-core head was refit on train+val, so the val split is not "
+            "unseen; refit it with `--refit-on train` for an honest checkpoint choice")
+    elif (head is not None and head.get("scores", {}).get("refit_on") == "train+val"
             and len(rows["val"]) and len(rows["train"])):
         head = refit_head_on_train(head, cache, layers, rows["train"], say)
         spec = head["spec"]

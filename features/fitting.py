@@ -88,6 +88,8 @@ class _Data:
             raise UserError(f"--route {opts.route!r}: choose one of {', '.join(ROUTES)}")
         self.route = opts.route if opts.route != "auto" else (
             "memory" if need <= budget else "out-of-core")
+        if self.route == "out-of-core" and self.tta:
+            raise UserError("--tta needs the in-memory route; drop --tta or raise --max-memory-mb")
         if self.route == "out-of-core" and self.views:
             say("notice: the out-of-core route trains on the plain views only")
             self.views = 0
@@ -129,6 +131,13 @@ def _fit_kind(kind, data: _Data, opts: FitOptions, say):
         info["requested"] = kind
         return "sgd", pipeline, info
     X_train, y_train, X_val, y_val, groups = data.xy()
+    if isinstance(opts.pca, int):
+        fold_rows = len(X_train) * (opts.folds - 1) // opts.folds
+        if opts.pca > min(data.dim, fold_rows):
+            raise UserError(f"--pca {opts.pca} exceeds what the CV folds can give (at most "
+                            f"{min(data.dim, fold_rows)} components: {data.dim}-d features, "
+                            f"~{fold_rows} rows per training fold); pass a smaller number or a "
+                            "fraction such as 0.95")
     pipeline, info = fit_head(kind, X_train, y_train, X_val, y_val, scaling=opts.scaling,
                               pca=opts.pca, class_weight=opts.class_weight, seed=opts.seed,
                               folds=opts.folds, n_jobs=opts.n_jobs, refit_on=opts.refit_on,

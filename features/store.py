@@ -155,8 +155,15 @@ class Cache:
             self.close()
             raise UserError(f"{path} was written by a newer bottleneck (format "
                             f"{attrs['format_version']}); upgrade to read it")
-        for key in _JSON_ATTRS:
-            attrs[key] = json.loads(attrs[key])
+        try:
+            for key in _JSON_ATTRS:
+                attrs[key] = json.loads(attrs[key])
+            for name in ("labels", "split", "paths", "features"):
+                self._file[name]
+        except (KeyError, ValueError, TypeError) as exc:
+            self.close()
+            raise UserError(f"{path} lacks part of the cache layout ({exc}); re-run extract "
+                            "with --overwrite") from exc
         for key, value in list(attrs.items()):
             if isinstance(value, np.generic):
                 attrs[key] = value.item()

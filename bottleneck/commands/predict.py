@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import numpy as np
 
@@ -36,6 +37,10 @@ def add_parser(sub):
 def run(args, say):
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
+        raise UserError(f"--csv {args.csv}: its folder does not exist; create it or pick another")
     if args.tta < 0:
         raise UserError("--tta must be 0 (off) or a number of augmented views")
     predictor = load_predictor(args.model, args.weights)
