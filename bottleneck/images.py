@@ -236,6 +236,25 @@ def load_batch(paths: list[str], image_size: int):
     return (np.stack(images) if images else np.zeros(shape, np.float32)), ok, bad
 
 
+def _decode_any(path):
+    """Decode in the graph, BMPs through Pillow (whose pixels equal TensorFlow's where both can)."""
+    import tensorflow as tf
+
+    def pillow():
+        def load(p):
+            array, reason = decode_with_pillow(p.decode())
+            if array is None:
+                raise ValueError(reason)
+            return array
+
+        image = tf.numpy_function(load, [path], tf.uint8)
+        image.set_shape([None, None, 3])
+        return image
+
+    is_bmp = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.bmp")
+    return tf.cond(is_bmp, pillow, lambda: _decode(path))
+
+
 def labelled_dataset(paths: list[str], labels, image_size: int, batch_size: int, *,
                      shuffle: bool = False, seed: int = 0, cache: bool = False):
     """Batches of (float32 image in [0, 255], int32 label) for training and scoring.
@@ -243,7 +262,8 @@ def labelled_dataset(paths: list[str], labels, image_size: int, batch_size: int,
     The same decode+resize as extraction. With `shuffle` (the train split only) the order is
     reshuffled every epoch from `seed`; otherwise it is the input order. `cache` keeps decoded
     images in memory after the first pass (for small val/test sets scored every epoch).
-    Undecodable images are dropped, as extraction dropped them.
+    BMP files go through Pillow (TensorFlow refuses some bit depths that extraction kept via its
+    Pillow fallback); undecodable images are dropped, as extraction dropped them.
     """
     import tensorflow as tf
 
@@ -251,7 +271,7 @@ def labelled_dataset(paths: list[str], labels, image_size: int, batch_size: int,
                                              np.asarray(labels, dtype=np.int32)))
     if shuffle:
         ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda p, y: (_decode_resize(p, image_size), y),
+    ds = ds.map(lambda p, y: (_resize(_decode_any(p), image_size), y),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()
     if cache:

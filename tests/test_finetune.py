@@ -349,3 +349,24 @@ def test_colour_jitter_keeps_colour():
     chroma = lambda im: im.std(axis=-1).mean()  # noqa: E731  (0 for grey pixels)
     assert 0.7 < chroma(y) / chroma(x) < 1.4
     assert np.abs(y - x).mean() > 0.5   # and it does change them
+
+
+def test_training_stream_keeps_images_extract_kept_via_pillow(tmp_path):
+    """A 1-bit BMP (TensorFlow refuses it, extraction keeps it through Pillow) is in the training
+    stream too, with the same pixels as prediction's loader; a broken file is dropped."""
+    import numpy as np
+    from PIL import Image
+
+    from bottleneck.images import labelled_dataset, load_batch
+
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((20, 24, 3)) * 255).astype(np.uint8)
+    paths = [str(tmp_path / n) for n in ("onebit.bmp", "plain.bmp", "photo.png", "broken.png")]
+    Image.fromarray(rgb).convert("1").save(paths[0])
+    Image.fromarray(rgb).save(paths[1])
+    Image.fromarray(rgb).save(paths[2])
+    open(paths[3], "wb").write(b"not a png")
+    images = np.concatenate([x.numpy() for x, _ in labelled_dataset(paths, [0, 1, 2, 3], 16, 8)])
+    want, ok, bad = load_batch(paths, 16)
+    assert ok == [0, 1, 2] and [i for i, _ in bad] == [3]
+    np.testing.assert_allclose(images, want, atol=1e-4)
