@@ -60,8 +60,8 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
     weights = check_weights_arg(opts.weights)
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if opts.views < 0:
-        raise UserError("--views must be 0 (plain view only) or more")
+    if not 0 <= opts.views <= 128:
+        raise UserError("--views must be between 0 (plain view only) and 128")
     image_size = opts.image_size or row.default_size
     alpha = None if not row.alphas else float(opts.alpha if opts.alpha is not None else 1.0)
     if opts.alpha is not None and not row.alphas and float(opts.alpha) != 1.0:
@@ -101,7 +101,12 @@ def run_extract(opts: ExtractOptions, say=print) -> dict:
                     raise UserError(f"{out} already holds a different cache ({'; '.join(diffs)}); "
                                     "pass another --out, or --overwrite to replace it")
                 summary = existing.summary()
-            journal.discard()  # a run killed between the final rename and its clean-up
+                known = set(existing.paths) | {p for p, _ in existing.skipped}
+            journal.discard()
+            changed = len(set(folder.paths) ^ known)
+            if changed:
+                say(f"warning: {changed} image(s) were added to or removed from {folder.root} "
+                    "since this cache was made; --overwrite re-extracts them all")  # a run killed between the final rename and its clean-up
             say(f"{out} is already complete for these settings; nothing to do "
                 "(--overwrite re-extracts).")
             return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}

@@ -62,7 +62,8 @@ def scan_folder(root: str) -> ImageFolder:
                         "sub-folder of images per class")
     root = os.path.abspath(root)
     top = _subdirs(root)
-    presplit = bool(top) and "train" in top and all(d.lower() in SPLIT_DIRS for d in top)
+    presplit = bool(top) and "train" in [d.lower() for d in top] and all(
+        d.lower() in SPLIT_DIRS for d in top)
     groups = [(d, SPLIT_DIRS[d.lower()]) for d in top] if presplit else [("", None)]
     class_names = sorted({c for g, _ in groups for c in _subdirs(os.path.join(root, g))})
     if not class_names:

@@ -8,7 +8,8 @@ network transplant (finetune) can reproduce it. Probabilities are DEFINED as:
 * linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
   on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
 * MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained with Keras, kept as numpy arrays;
-* kernel SVM: sklearn's Platt scaling (not expressible as layers).
+* kernel SVM: softmax(temperature * one-vs-rest decision function), like the linear SVM (not
+  expressible as layers).
 
 Splits: hyper-parameters are chosen by stratified k-fold CV on the cache's train split only; the
 final pipeline may be refitted on train+val; the MLP uses val for early stopping; the test split is

@@ -37,7 +37,8 @@ def add_parser(sub):
                         "rotation, colour jitter; seeded by --seed) so heads can train on "
                         "augmented data; costs K extra forward passes per image (default 0)")
     p.add_argument("--out", default=None, metavar="FILE.h5",
-                   help="cache file (default features/<data>_<backbone>_<layer>_<pool>_<size>.h5)")
+                   help="cache file (default features/<data>_<backbone>[-a<alpha>]_<layer or Nlayers>"
+                        "_<pool>_<size>.h5)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing cache or interrupted run made with other settings")
     return p
