@@ -27,7 +27,7 @@ from .errors import UserError
 
 import keras
 
-from . import augment  # noqa: F401,E402  (registers the augmentation layers for load_model)
+from . import augment as _augment_layers  # noqa: F401,E402  (registers them for load_model)
 
 EPS = 1e-12
 ACTIVATIONS = ("linear", "relu", "softmax")

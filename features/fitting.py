@@ -79,8 +79,8 @@ class _Data:
         self.dim = feature_dim(cache, self.layers)
         self.views = cache.n_views if opts.views else 0
         if opts.tta and not cache.n_views:
-            raise UserError(f"--tta needs augmented views in the cache; re-extract with "
-                            f"--views K (e.g. 4)")
+            raise UserError("--tta needs augmented views in the cache; re-extract with "
+                            "--views K (e.g. 4)")
         self.tta = opts.tta
         budget = opts.max_memory_mb or default_memory_budget_mb()
         need = memory_estimate_mb(len(self.train) * (1 + self.views) + len(self.val), self.dim)

@@ -8,7 +8,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from bottleneck.advice import RULES, recommend, suggest_size

@@ -7,7 +7,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from bottleneck.commands import main
 from bottleneck.registry import build_body, get_backbone
