@@ -186,13 +186,19 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
     writer, pending = journal.writer(), []
     steady = {}  # images and time after the first batch (tracing, warm-up) is done
 
+    def padded(x):
+        """`x` padded with zeros to a whole batch: one input shape for every call, so the last
+        (or a fallback) batch reuses the compiled kernels instead of building new ones."""
+        short = opts.batch_size - int(x.shape[0])
+        return tf.concat([x, tf.zeros((short, *x.shape[1:]), x.dtype)], 0) if short > 0 else x
+
     def compute(images, views):
         """Arrays for one batch, in the plan's dataset order: features/*, then views/*."""
-        out = [f.numpy() for f in forward(images)]
+        n = int(images.shape[0])
+        out = [f.numpy()[:n] for f in forward(padded(images))]
         if opts.views:
-            flat = tf.reshape(views, (-1, image_size, image_size, 3))
-            out += [f.numpy().reshape(len(images), opts.views, *f.shape[1:])
-                    for f in forward(flat)]
+            flat = tf.reshape(padded(views), (-1, image_size, image_size, 3))
+            out += [f.numpy().reshape(-1, opts.views, *f.shape[1:])[:n] for f in forward(flat)]
         return out
 
     def finish(index, images, views, stop):
