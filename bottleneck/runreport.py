@@ -68,6 +68,8 @@ def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
     body = []
     in_table = False
     for line in md:
+        if body and body[-1].startswith("<li>") and not line.startswith("- "):
+            body.append("</ul>")
         if line.startswith("|"):
             if set(line.replace("|", "").strip()) <= set("-: "):
                 continue
@@ -92,7 +94,10 @@ def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
                 if src:
                     body.append(f'<img alt="{html.escape(title)}" src="{src}" style="max-width:720px">')
         elif line.startswith("- "):
+            if not body or not body[-1].startswith("<li>"):
+                body.append("<ul>")
             body.append(f"<li>{html.escape(line[2:])}</li>")
+            continue
         elif line:
             body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
     if in_table:
