@@ -85,14 +85,18 @@ def cv_temperature(make_svc, X, y, classes, folds, random_state) -> float:
     return fit_temperature(decision, y_index)
 
 
-class SoftmaxLinearMixin:
-    """predict_proba = softmax(temperature_ * logits(decision_function)) for a linear model."""
+class TemperedSoftmaxMixin:
+    """predict_proba = softmax(temperature_ * logits(decision_function)); predict = its argmax."""
 
     def predict_proba(self, X):
         return softmax(self.temperature_ * as_logits(self.decision_function(X)))
 
     def predict(self, X):
         return self.classes_[np.argmax(as_logits(self.decision_function(X)), axis=1)]
+
+
+class SoftmaxLinearMixin(TemperedSoftmaxMixin):
+    """A tempered-softmax model that is linear, hence expressible as one Dense layer."""
 
     def linear_params(self):
         """(kernel (d, k), bias (k,)) such that softmax(X @ kernel + bias) == predict_proba(X)."""
@@ -141,7 +145,7 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
         return out.ravel() if out.shape[1] == 1 else out
 
 
-class TemperedKernelSVC(ClassifierMixin, BaseEstimator):
+class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
     """A kernel SVC (one-vs-rest decision function) whose probabilities are
     softmax(T * decision_function), T fitted like TemperedLinearSVC's. Not expressible as layers."""
 
@@ -172,12 +176,6 @@ class TemperedKernelSVC(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X):
         return self.svc_.decision_function(X)
-
-    def predict_proba(self, X):
-        return softmax(self.temperature_ * as_logits(self.decision_function(X)))
-
-    def predict(self, X):
-        return self.classes_[np.argmax(as_logits(self.decision_function(X)), axis=1)]
 
 
 class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
