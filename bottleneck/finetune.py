@@ -167,20 +167,9 @@ def resolve_unfreeze(body, spec: str | None) -> int:
         while index > 1 and token.search(names[index - 1]):
             index -= 1
         return index
-    spec = str(spec)
-    if spec.lstrip("-").isdigit():
-        index = int(spec)
-        if not -len(names) <= index < len(names):
-            raise UserError(f"--unfreeze-from {spec}: index out of range (the body up to the tap "
-                            f"has {len(names)} layers; `python cli.py layers` lists them)")
-        return index % len(names)
-    if spec not in names:
-        import difflib
+    from .network import layer_index
 
-        close = difflib.get_close_matches(spec, names, n=5, cutoff=0.4)
-        raise UserError(f"--unfreeze-from {spec!r} is not a layer of the body up to the tap."
-                        f"{' Closest: ' + ', '.join(close) + '.' if close else ''}")
-    return names.index(spec)
+    return layer_index(body, spec, flag="--unfreeze-from", body_is="the body up to the tap")
 
 
 def set_trainable(network, unfreeze_index: int | None) -> dict:

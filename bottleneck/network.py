@@ -52,29 +52,35 @@ def pool_layer(pool: str, name: str):
     raise UserError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
 
 
+def layer_index(body, spec, *, flag: str = "--layer", body_is: str = "the body") -> int:
+    """Index into body.layers of `spec`: a layer name, or an integer index (negative allowed).
+
+    An unknown name is refused with the closest names, an index out of range with the count."""
+    names = [layer.name for layer in body.layers]
+    spec = str(spec)
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+        if not -len(names) <= index < len(names):
+            raise UserError(f"{flag} {spec}: index out of range ({body_is} has {len(names)} "
+                            "layers; see `python cli.py layers`)")
+        return index % len(names)
+    if spec in names:
+        return names.index(spec)
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.4)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise UserError(f"{flag} {spec!r} is not a layer of {body_is}.{hint} "
+                    "`python cli.py layers --backbone NAME` lists them.")
+
+
 def resolve_layers(body, specs) -> list[tuple[str, int]]:
     """(name, index) for each --layer spec: a layer name, or an integer index (negative allowed)."""
-    names = [layer.name for layer in body.layers]
     out = []
     for spec in specs:
-        spec = str(spec)
-        if spec.lstrip("-").isdigit():
-            index = int(spec)
-            if not -len(names) <= index < len(names):
-                raise UserError(f"--layer {spec}: index out of range (the body has "
-                                f"{len(names)} layers; see `python cli.py layers`)")
-            index %= len(names)
-        elif spec in names:
-            index = names.index(spec)
-        else:
-            close = difflib.get_close_matches(spec, names, n=5, cutoff=0.4)
-            hint = f" Closest: {', '.join(close)}." if close else ""
-            raise UserError(f"--layer {spec!r} is not a layer of this backbone.{hint} "
-                            "`python cli.py layers --backbone NAME` lists them.")
+        index = layer_index(body, spec, body_is="this backbone")
         if len(body.layers[index].output.shape) not in (2, 4):
             raise UserError(f"--layer {spec}: output shape {body.layers[index].output.shape} is "
                             "neither a feature map nor a vector")
-        out.append((names[index], index))
+        out.append((body.layers[index].name, index))
     return out
 
 
