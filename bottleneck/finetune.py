@@ -124,8 +124,9 @@ def network_provenance(prov: dict, layers: list[str]) -> dict:
 
 def cached_features(cache, rows, layers=None) -> np.ndarray:
     """The head's input: `layers` (default all) flattened and concatenated in order."""
-    return np.concatenate([cache.features(layer, rows) for layer in (layers or cache.layers)],
-                          axis=1)
+    from features.heads import load_features
+
+    return load_features(cache, layers or cache.layers, rows)
 
 
 def refit_head_on_train(head: dict, cache, layers, train_rows, say) -> dict:

@@ -60,22 +60,15 @@ class ClassProbabilities(keras.layers.Layer):
 
 
 def apply_spec(spec, X) -> np.ndarray:
-    """The spec as numpy ops (float64), for checking; mirrors `features.heads.apply_layer_spec`."""
-    x = np.asarray(X, dtype=np.float64).reshape(len(X), -1)
-    for op in spec:
-        if op["op"] == "l2":
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), EPS)
-        elif op["op"] == "dense":
-            x = x @ np.asarray(op["kernel"], np.float64) + np.asarray(op["bias"], np.float64)
-            act = op.get("activation", "linear")
-            if act == "relu":
-                x = np.maximum(x, 0)
-            elif act == "softmax":
-                x = np.exp(x - x.max(axis=1, keepdims=True))
-                x /= x.sum(axis=1, keepdims=True)
-        else:
-            raise UserError(f"head spec op {op['op']!r} is not supported")
-    return x
+    """The spec as numpy ops (float64), for checking: `features.heads.apply_layer_spec`, with a
+    missing activation read as linear and an unknown op refused as a UserError."""
+    from features.heads import apply_layer_spec
+
+    try:
+        return apply_layer_spec([{"activation": "linear", **op} if op.get("op") == "dense" else op
+                                 for op in spec], X)
+    except ValueError as exc:
+        raise UserError(f"head spec: {exc}") from exc
 
 
 def check_spec(spec, d_in: int, n_classes: int) -> None:
