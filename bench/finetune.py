@@ -1,16 +1,19 @@
 """Stage 3 bench: transplanted head vs the classic route on ../shared/data/flowers5.
 
     python bench/finetune.py [--image-size 128] [--budget 120] [--epochs 3]
-                             [--unfreeze-from conv_dw_6] [--augment]
+                             [--unfreeze-from conv_dw_6] [--augment] [--optimizer adam]
+                             [--lr 3e-5] [--lr-schedule cosine] [--label-smoothing 0.1]
+                             [--head logistic|svm] [--taps L1,L2,...] [--pool avg|avgmax]
 
 Steps, all through the CLI (what a user runs):
-  1. `extract` MobileNet 0.25 (real ImageNet weights from ../shared/weights), avg pool, split
-     80/20 test + 10 % val, seed 0 (the heads issue's split);
-  2. `fit-logistic` on the cache: the stage-2 head (test accuracy = the figure to beat);
+  1. `extract` MobileNet 0.25 (real ImageNet weights from ../shared/weights), --pool over --taps
+     (default: avg of the top layer), split 80/20 test + 10 % val, seed 0 (the heads issue's split);
+  2. `fit-logistic` or `fit-svm` (linear) on all cached layers, refit on train: the stage-2 head
+     (test accuracy = the figure to beat);
   3. `finetune --from-head`: (a) the transplanted network before training (must equal the head),
      (b) test accuracy after fine-tuning within --budget seconds of training;
-  4. `finetune --head-init random`: the classic route (random Dense head, --warmup-epochs 1 with
-     the body frozen at 10x lr, then unfrozen) in the same training budget.
+  4. `finetune --head-init random`: the classic route (random Dense head on the same taps,
+     --warmup-epochs 1 with the body frozen at 10x lr, then unfrozen), same settings and budget.
 Time-to-accuracy: seconds until the val accuracy first reaches the transplanted head's val
 accuracy. The transplant route has it before training and is charged the head fit (and, in a
 second figure, the extraction as well); the classic route must train to it (inf: not within the
@@ -63,9 +66,17 @@ def main():
     ap.add_argument("--budget", type=float, default=120, help="training seconds per route")
     ap.add_argument("--epochs", type=int, default=20, help="epoch cap per route")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--optimizer", default="sgd", help="sgd (momentum 0.9) or adam, both routes")
+    ap.add_argument("--lr-schedule", default="constant", help="constant or cosine, both routes")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="both routes")
     ap.add_argument("--unfreeze-from", default="conv_dw_12",
                     help="first trainable body layer of both routes (default the top block)")
     ap.add_argument("--augment", action="store_true", help="train both routes with --augment")
+    ap.add_argument("--head", choices=("logistic", "svm"), default="logistic",
+                    help="stage-2 head to transplant: fit-logistic or the linear fit-svm")
+    ap.add_argument("--taps", default="conv_pw_13_relu",
+                    help="comma-separated layers to cache and feed the head (default the top)")
+    ap.add_argument("--pool", default="avg", help="pooling of the cache (avg, avgmax, ...)")
     ap.add_argument("--work", default=os.path.join(ROOT, "bench", "_work"))
     args = ap.parse_args()
     if not (os.path.isdir(DATA) and os.path.isfile(WEIGHTS)):
@@ -73,19 +84,27 @@ def main():
         return 0
     os.makedirs(args.work, exist_ok=True)
     w = lambda name: os.path.join(args.work, name)  # noqa: E731
-    cache = w(f"flowers5_mobilenet025_{args.image_size}.h5")
+    taps = [t for t in args.taps.split(",") if t]
+    tag = "" if (taps, args.pool) == (["conv_pw_13_relu"], "avg") else f"_{args.pool}{len(taps)}"
+    cache = w(f"flowers5_mobilenet025_{args.image_size}{tag}.h5")
     ext = cli("extract", "--data", DATA, "--backbone", "mobilenet", "--alpha", "0.25",
-              "--weights", WEIGHTS, "--image-size", args.image_size, "--pool", "avg",
+              "--weights", WEIGHTS, "--image-size", args.image_size, "--pool", args.pool,
+              *[a for t in taps for a in ("--layer", t)],
               "--test-size", 0.2, "--val-size", 0.1, "--seed", 0, "--out", cache)
-    head = cli("fit-logistic", "--features", cache, "--out", w("logistic.joblib"),
-               "--report", w("logistic_report"))
+    # refit on train only: the transplant is then the very head scored here, and val stays
+    # unseen for the fine-tune's checkpoint choice
+    head_file = w(f"{args.head}{tag}.joblib")
+    head = cli(f"fit-{args.head}", "--features", cache, "--layer", "all", "--refit-on", "train",
+               "--out", head_file, "--report", w(f"{args.head}{tag}_report"))
     head_acc = head.get("test_accuracy", head.get("test", {}).get("accuracy"))
     common = ["--epochs", args.epochs, "--time-budget", args.budget, "--lr", args.lr,
+              "--optimizer", args.optimizer, "--lr-schedule", args.lr_schedule,
+              "--label-smoothing", args.label_smoothing,
               "--batch-size", 32, "--seed", 0, "--unfreeze-from", args.unfreeze_from] + (
                   ["--augment"] if args.augment else [])
-    a = cli("finetune", "--from-head", w("logistic.joblib"), *common, "--out", w("ft_head.keras"))
+    a = cli("finetune", "--from-head", head_file, *common, "--out", w(f"ft_head{tag}.keras"))
     b = cli("finetune", "--head-init", "random", "--features", cache, "--warmup-epochs", 1,
-            *common, "--out", w("ft_random.keras"))
+            *common, "--out", w(f"ft_random{tag}.keras"))
     # target: the transplanted network's val accuracy (= the head's). Route A has it after
     # stage 2 (0 training seconds); route B has to train to it. A is charged the head fit, and
     # (second figure) the extraction too, which route B does not need.
@@ -96,6 +115,9 @@ def main():
     tb = time_to(b["epochs"], target)
     summary = {
         "image_size": args.image_size, "budget_s": args.budget, "lr": args.lr,
+        "head": args.head, "taps": taps, "pool": args.pool,
+        "optimizer": args.optimizer, "lr_schedule": args.lr_schedule,
+        "label_smoothing": args.label_smoothing,
         "unfreeze_from": args.unfreeze_from, "augment": args.augment,
         "extract_s": ext.get("seconds"), "head_fit_wall_s": head["_wall"],
         "split": a["split"],
@@ -118,7 +140,7 @@ def main():
                        "classic": [e["val_accuracy"] for e in b["epochs"]]},
     }
     print(json.dumps(summary, indent=1, default=str))
-    with open(w("summary.json"), "w") as handle:
+    with open(w(f"summary{tag}.json"), "w") as handle:
         json.dump(summary, handle, indent=1, default=str)
     return 0
 

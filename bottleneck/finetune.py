@@ -22,13 +22,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import quiet  # noqa: F401
+from . import quiet  # noqa: F401  (before keras: silences TensorFlow's import chatter)
 from .augment import AugmentOptions, augmentation_layers
 from .errors import UserError
+
+import keras
 from .transplant import (apply_spec, build_network, class_info, inference_model, random_spec,
                          taps_model)
 
 OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -43,6 +46,8 @@ class FinetuneOptions:
     warmup_lr: float | None = None     # default 10 x lr
     unfreeze_from: str | None = None   # layer name or index in the body; default: the top block
     lr: float = 1e-4
+    lr_schedule: str = "constant"      # "constant" | "cosine" (decay over the fine-tune epochs)
+    label_smoothing: float = 0.0
     optimizer: str = "sgd"
     batch_size: int = 32
     augment: AugmentOptions | None = None
@@ -197,9 +202,46 @@ def make_optimizer(name: str, lr: float):
     raise UserError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
 
 
-def compile_network(network, optimizer: str, lr: float):
-    network.compile(optimizer=make_optimizer(optimizer, lr),
-                    loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def schedule_lr(base: float, schedule: str, step: int, steps: int) -> float:
+    """Learning rate of fine-tune epoch `step` (0-based) of `steps`: constant, or half a cosine
+    from `base` down to base/100 at the last epoch (fewer noisy late epochs, a settled end)."""
+    if schedule == "constant" or steps <= 1:
+        return base
+    if schedule == "cosine":
+        floor = base / 100
+        return floor + (base - floor) * 0.5 * (1 + np.cos(np.pi * step / (steps - 1)))
+    raise UserError(f"--lr-schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+@keras.saving.register_keras_serializable(package="bottleneck")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Cross-entropy on integer labels with label smoothing (Keras' sparse loss has none): the
+    target puts 1 - s on the true class plus s / n_classes on every class."""
+
+    def __init__(self, smoothing=0.0, name="smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true, y_pred):
+        n = keras.ops.shape(y_pred)[-1]
+        y = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), n)
+        y = y * (1.0 - self.smoothing) + self.smoothing / keras.ops.cast(n, y.dtype)
+        return keras.losses.categorical_crossentropy(y, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "smoothing": self.smoothing}
+
+
+def make_loss(label_smoothing: float):
+    if not 0 <= label_smoothing < 1:
+        raise UserError(f"--label-smoothing {label_smoothing} must be in [0, 1)")
+    return (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
+            else "sparse_categorical_crossentropy")
+
+
+def compile_network(network, optimizer: str, lr: float, label_smoothing: float = 0.0):
+    network.compile(optimizer=make_optimizer(optimizer, lr), loss=make_loss(label_smoothing),
+                    metrics=["accuracy"])
 
 
 # ---------------------------------------------------------------- transplant check
@@ -268,6 +310,8 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
         raise UserError("--head-init: choose head (transplant --from-head) or random")
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    schedule_lr(opts.lr, opts.lr_schedule, 0, 2)
+    make_loss(opts.label_smoothing)
     keras.utils.set_random_seed(opts.seed)
 
     # -- the head (or a random one) and the cache whose split we train on
@@ -370,7 +414,7 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
     if state is None:
         set_trainable(network, None if warmup else unfreeze)
         compile_network(network, opts.optimizer, opts.lr if not warmup else
-                        (opts.warmup_lr or 10 * opts.lr))
+                        (opts.warmup_lr or 10 * opts.lr), opts.label_smoothing)
         if opts.head_init == "head":
             for name, ds in (("val", val_ds), ("test", test_ds)):
                 if ds is not None:
@@ -415,10 +459,13 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
         phase = "warmup" if epoch < warmup else "finetune"
         if state["phase"] is not None and phase != state["phase"]:
             info_t = set_trainable(network, unfreeze)
-            compile_network(network, opts.optimizer, opts.lr)
+            compile_network(network, opts.optimizer, opts.lr, opts.label_smoothing)
             say(f"unfroze the body from layer #{unfreeze} {body.layers[unfreeze].name}: "
                 f"{info_t['trainable_params']:,} trainable parameters")
         state["phase"] = phase
+        if phase == "finetune":
+            network.optimizer.learning_rate.assign(
+                schedule_lr(opts.lr, opts.lr_schedule, epoch - warmup, opts.epochs - warmup))
         lr = float(keras.ops.convert_to_numpy(network.optimizer.learning_rate))
         t0 = time.time()
         with warnings.catch_warnings():

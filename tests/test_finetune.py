@@ -217,7 +217,7 @@ def _weak_head(cache, seed=0):
 def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     import keras
 
-    from bottleneck.finetune import FinetuneOptions, resolve_unfreeze, run_finetune
+    from bottleneck.finetune import FinetuneOptions, resolve_unfreeze, run_finetune, schedule_lr
     from bottleneck.network import feature_model_from_provenance
     from bottleneck.transplant import build_network, taps_model
 
@@ -225,8 +225,10 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     cache = _cache(path)
     head = _weak_head(cache)
     out = str(tmp_path / "m.keras")
+    # cosine schedule and label smoothing on: the resumed checkpoint must carry both
     opts = FinetuneOptions(features=path, head=head, epochs=2, lr=0.05, batch_size=8,
-                           out=out, seed=0, check_samples=8, unfreeze_from="conv_dw_12")
+                           out=out, seed=0, check_samples=8, unfreeze_from="conv_dw_12",
+                           lr_schedule="cosine", label_smoothing=0.1)
     # the starting network, to compare weights with
     model, _ = feature_model_from_provenance(cache.provenance())
     start = build_network(model, head["spec"], cache.class_names)
@@ -235,6 +237,7 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     result = run_finetune(opts, say=lambda *a: None)
     assert result["transplant_agreement"] >= 0.995
     assert len(result["epochs"]) == 2 and result["epochs"][0]["phase"] == "finetune"
+    assert [e["lr"] for e in result["epochs"]] == pytest.approx([0.05, 0.0005])
 
     # the last epoch (the best checkpoint may be the untouched transplant, epoch 0)
     trained = keras.saving.load_model(str(tmp_path / "m.last.keras"))
@@ -254,6 +257,8 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     opts2 = FinetuneOptions(**{**opts.__dict__, "epochs": 4, "resume": True})
     resumed = run_finetune(opts2, say=lambda *a: None)
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3, 4]
+    assert [e["lr"] for e in resumed["epochs"][2:]] == pytest.approx(
+        [schedule_lr(0.05, "cosine", k, 4) for k in (2, 3)])
     assert resumed["epochs"][:2] == result["epochs"]
     state = json.load(open(str(tmp_path / "m.state.json")))
     assert state["epoch"] == 4
@@ -321,6 +326,30 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     loaded = tf.saved_model.load(exported["saved_model"])
     served = loaded.serve(x).numpy()
     np.testing.assert_allclose(served, predict(x), atol=1e-5)
+
+
+def test_schedule_and_label_smoothing():
+    import keras
+
+    from bottleneck.errors import UserError
+    from bottleneck.finetune import SmoothedSparseCrossentropy, make_loss, schedule_lr
+
+    lrs = [schedule_lr(1e-3, "cosine", k, 6) for k in range(6)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert {schedule_lr(1e-3, "constant", k, 6) for k in range(6)} == {1e-3}
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=7).astype("float32")
+    y = rng.integers(0, 4, 7)
+    ours = SmoothedSparseCrossentropy(0.2)(y, probs)
+    stock = keras.losses.CategoricalCrossentropy(label_smoothing=0.2)(np.eye(4)[y], probs)
+    np.testing.assert_allclose(float(ours), float(stock), rtol=1e-5)
+    assert make_loss(0.0) == "sparse_categorical_crossentropy"
+    with pytest.raises(UserError):
+        make_loss(1.0)
+    with pytest.raises(UserError):
+        schedule_lr(1e-3, "linear", 0, 3)
 
 
 def test_cli_errors_are_one_line(data, capsys):

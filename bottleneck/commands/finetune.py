@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..augment import FLIPS, AugmentOptions
-from ..finetune import OPTIMIZERS, FinetuneOptions
+from ..finetune import OPTIMIZERS, SCHEDULES, FinetuneOptions
 
 
 def add_parser(sub):
@@ -40,6 +40,12 @@ def add_parser(sub):
                     help="first trainable body layer, by name or index (default: the top block, "
                          "e.g. conv_dw_13 for mobilenet)")
     tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    tr.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                    help="constant (default) or cosine: --lr decays along half a cosine to "
+                         "--lr/100 over the fine-tune epochs (steadier late epochs)")
+    tr.add_argument("--label-smoothing", type=float, default=0.0, metavar="S",
+                    help="train on targets of 1-S on the true class plus S/n_classes on each "
+                         "(default 0: off; 0.1 is usual)")
     tr.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                     help="sgd (momentum 0.9, default) or adam")
     tr.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
@@ -85,7 +91,8 @@ def run(args, say):
         from_head=args.from_head, features=args.features, head_init=args.head_init,
         data=args.data, weights=args.weights, epochs=args.epochs,
         warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
-        unfreeze_from=args.unfreeze_from, lr=args.lr, optimizer=args.optimizer,
+        unfreeze_from=args.unfreeze_from, lr=args.lr, lr_schedule=args.lr_schedule,
+        label_smoothing=args.label_smoothing, optimizer=args.optimizer,
         batch_size=args.batch_size, augment=augment, class_weight=args.class_weight,
         patience=args.patience, out=args.out, report=args.report, seed=args.seed,
         resume=args.resume, check_samples=args.check_samples, time_budget=args.time_budget),
