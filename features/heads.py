@@ -71,16 +71,31 @@ def fit_temperature(decision: np.ndarray, y_index: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def cv_temperature(make_svc, X, y, classes, folds, random_state) -> float:
+def held_out_splitter(y_index, folds: int, random_state, groups=None):
+    """Stratified folds, grouped when `groups` names the image of each row (augmented views), so
+    no image is scored by a model that saw one of its views; None when a class has too few."""
+    if groups is None:
+        smallest = int(np.bincount(y_index).min())
+    else:
+        first = np.unique(np.asarray(groups), return_index=True)[1]
+        smallest = int(np.bincount(np.asarray(y_index)[first]).min())
+    if folds < 2 or smallest < folds:
+        return None
+    if groups is None:
+        return StratifiedKFold(folds, shuffle=True, random_state=random_state)
+    return StratifiedGroupKFold(folds, shuffle=True, random_state=random_state)
+
+
+def cv_temperature(make_svc, X, y, classes, folds, random_state, groups=None) -> float:
     """The softmax temperature of an SVM: fitted by log-loss on `folds`-fold cross-validated
-    decision values of fresh `make_svc()` models (1.0 when there are too few images)."""
+    decision values of fresh `make_svc()` models, grouped by image when `groups` is given
+    (1.0 when there are too few images)."""
     y_index = np.searchsorted(classes, y)
-    folds = int(folds or 0)
-    if folds < 2 or np.bincount(y_index).min() < folds:
+    cv = held_out_splitter(y_index, int(folds or 0), random_state, groups)
+    if cv is None:
         return 1.0
     decision = np.zeros((len(y),) if len(classes) == 2 else (len(y), len(classes)))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=random_state)
-    for fit_idx, held in cv.split(X, y):
+    for fit_idx, held in cv.split(X, y, groups):
         decision[held] = make_svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
     return fit_temperature(decision, y_index)
 
@@ -125,7 +140,7 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
         return LinearSVC(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
                          random_state=self.random_state)
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -137,7 +152,7 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
             self.coef_, self.intercept_ = svc.coef_, svc.intercept_
             self.n_features_in_ = svc.n_features_in_
             self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
-                                               self.temperature_cv, self.random_state)
+                                               self.temperature_cv, self.random_state, groups)
         return self
 
     def decision_function(self, X):
@@ -166,12 +181,12 @@ class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
                    class_weight=self.class_weight, decision_function_shape="ovr",
                    random_state=self.random_state)
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         self.svc_ = self._svc().fit(X, y)
         self.classes_ = self.svc_.classes_
         self.n_features_in_ = self.svc_.n_features_in_
         self.temperature_ = cv_temperature(self._svc, X, y, self.classes_, self.temperature_cv,
-                                           self.random_state)
+                                           self.random_state, groups)
         return self
 
     def decision_function(self, X):
@@ -195,26 +210,26 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
                              random_state=self.random_state, learning_rate="optimal",
                              average=True)
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            return self._fit(X, y)
+            return self._fit(X, y, groups)
 
-    def _fit(self, X, y):
+    def _fit(self, X, y, groups=None):
         sgd = self._sgd()
         sgd.set_params(max_iter=50, tol=1e-4)
         sgd.fit(X, y)
         self.adopt(sgd)
-        # temperature on a held-out quarter, refit kept on everything
+        # temperature on a held-out quarter (whole images when grouped), refit kept on everything
         y_index = np.searchsorted(self.classes_, y)
-        if np.bincount(y_index).min() >= 2:
-            cv = StratifiedKFold(2 if np.bincount(y_index).min() < 4 else 4, shuffle=True,
-                                 random_state=self.random_state)
-            fit_idx, held = next(cv.split(X, y))
+        cv = (held_out_splitter(y_index, 4, self.random_state, groups)
+              or held_out_splitter(y_index, 2, self.random_state, groups))
+        if cv is not None:
+            fit_idx, held = next(cv.split(X, y, groups))
             part = self._sgd().set_params(max_iter=50, tol=1e-4).fit(X[fit_idx], y[fit_idx])
             self.temperature_ = fit_temperature(part.decision_function(X[held]), y_index[held])
         return self
@@ -249,7 +264,7 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
 
-    def fit(self, X, y, X_val=None, y_val=None):
+    def fit(self, X, y, X_val=None, y_val=None, groups=None):
         from bottleneck import quiet  # noqa: F401
         import keras
 
@@ -259,11 +274,10 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         y_index = np.searchsorted(self.classes_, y)
         if X_val is None or len(X_val) == 0:
             # no validation split in the cache: hold out a stratified tenth of the training rows
-            from sklearn.model_selection import train_test_split
-
-            if np.bincount(y_index).min() >= 2 and len(y) >= 20:
-                fit_idx, held = train_test_split(np.arange(len(y)), test_size=0.1, stratify=y_index,
-                                                 random_state=self.random_state)
+            # (of the training images, all views of each, when grouped)
+            held = self._holdout(y_index, groups) if len(y) >= 20 else None
+            if held is not None:
+                fit_idx = np.setdiff1d(np.arange(len(y)), held)
                 X, X_val, y_index, yv_index = X[fit_idx], X[held], y_index[fit_idx], y_index[held]
             else:
                 X_val, yv_index = X, y_index
@@ -293,6 +307,20 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         keras.backend.clear_session()
         return self
+
+    def _holdout(self, y_index, groups=None):
+        """Rows of a stratified tenth held out for early stopping (whole images when grouped)."""
+        if np.bincount(y_index).min() < 2:
+            return None
+        if groups is None:
+            from sklearn.model_selection import train_test_split
+
+            return train_test_split(np.arange(len(y_index)), test_size=0.1, stratify=y_index,
+                                    random_state=self.random_state)[1]
+        first = np.unique(np.asarray(groups), return_index=True)[1]
+        folds = min(10, int(np.bincount(y_index[first]).min()))
+        cv = held_out_splitter(y_index, folds, self.random_state, groups)
+        return None if cv is None else next(cv.split(y_index, y_index, groups))[1]
 
     def predict_proba(self, X):
         w1, b1, w2, b2 = self.weights_
@@ -407,11 +435,12 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
         scores = []
         for fit_idx, held in cv.split(X_train, y_train, groups):
             p = clone(pipe)
-            _fit_mlp_pipeline(p, X_train[fit_idx], y_train[fit_idx], X_val, y_val)
+            _fit_mlp_pipeline(p, X_train[fit_idx], y_train[fit_idx], X_val, y_val,
+                              None if groups is None else np.asarray(groups)[fit_idx])
             scores.append(float(np.mean(p.predict(X_train[held]) == y_train[held])))
         info.update(best_params={}, cv_scores=scores, candidates=[])
         final = clone(pipe)
-        _fit_mlp_pipeline(final, X_train, y_train, X_val, y_val)
+        _fit_mlp_pipeline(final, X_train, y_train, X_val, y_val, groups)
         clf = final.named_steps["clf"]
         info.update(refit_on="train (val for early stopping)", epochs=clf.n_epochs_,
                     best_epoch=clf.best_epoch_)
@@ -439,10 +468,14 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
         info.update(best_params=best_params, cv_scores=scores, candidates=candidates)
         final = clone(pipe).set_params(**best_params, **_final_params(kind))
         if refit_on == "train+val" and X_val is not None and len(X_val):
-            final.fit(np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]))
+            # val rows are plain images: each its own group, numbered after the train images
+            all_groups = None if groups is None else np.concatenate(
+                [groups, np.max(groups) + 1 + np.arange(len(X_val))])
+            final.fit(np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]),
+                      **_group_params(final, all_groups))
             info["refit_on"] = "train+val"
         else:
-            final.fit(X_train, y_train)
+            final.fit(X_train, y_train, **_group_params(final, groups))
             info["refit_on"] = "train"
     info["cv_mean"] = float(np.mean(info["cv_scores"]))
     info["cv_std"] = float(np.std(info["cv_scores"]))
@@ -450,14 +483,24 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
     return final, info
 
 
-def _fit_mlp_pipeline(pipe: Pipeline, X, y, X_val, y_val):
+def _group_params(pipe: Pipeline, groups) -> dict:
+    """`clf__groups` for a final fit when the classifier holds rows out internally (SVM
+    temperature, SGD temperature) and the rows are augmented views of images; else nothing."""
+    import inspect
+
+    if groups is None or "groups" not in inspect.signature(pipe.steps[-1][1].fit).parameters:
+        return {}
+    return {f"{pipe.steps[-1][0]}__groups": np.asarray(groups)}
+
+
+def _fit_mlp_pipeline(pipe: Pipeline, X, y, X_val, y_val, groups=None):
     """Fit the preprocessing on X, then the MLP with early stopping on the transformed val rows."""
     pre = pipe[:-1]
     Xt = pre.fit_transform(X, y) if len(pre.steps) else X
     Xv = None
     if X_val is not None and len(X_val):
         Xv = pre.transform(X_val) if len(pre.steps) else X_val
-    pipe.steps[-1][1].fit(Xt, y, X_val=Xv, y_val=y_val)
+    pipe.steps[-1][1].fit(Xt, y, X_val=Xv, y_val=y_val, groups=groups)
     return pipe
 
 

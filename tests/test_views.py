@@ -129,3 +129,32 @@ def test_tta_averages_views(tmp_path):
                                                for k in range(3))) / 4
     assert tta["tta"]
     assert tta["test_accuracy"] == pytest.approx(float(np.mean(proba.argmax(1) == y[test])))
+
+
+def test_held_out_rows_of_heads_are_whole_images_on_views():
+    """The SVM/SGD temperature and the MLP's early-stopping holdout hold out whole images when
+    rows are views: on labels no model can learn, views seen in training would make held-out
+    views look predictable (an overconfident temperature); grouped, they cannot."""
+    from sklearn.svm import LinearSVC
+
+    from features.heads import NumpyMLP, _group_params, cv_temperature, make_pipeline
+
+    rng = np.random.default_rng(0)
+    n, k, d = 80, 4, 120
+    images = rng.normal(size=(n, d))
+    y_img = rng.integers(0, 2, n)                      # random: nothing to learn across images
+    X = np.repeat(images, k, axis=0) + 0.01 * rng.normal(size=(n * k, d))
+    y, groups = np.repeat(y_img, k), np.repeat(np.arange(n), k)
+    classes = np.unique(y)
+    make = lambda: LinearSVC(C=10.0, max_iter=20000)  # noqa: E731
+    ungrouped = cv_temperature(make, X, y, classes, 3, 0)
+    grouped = cv_temperature(make, X, y, classes, 3, 0, groups)
+    assert grouped < ungrouped / 3, (grouped, ungrouped)
+
+    held = NumpyMLP(random_state=0)._holdout(np.searchsorted(classes, y), groups)
+    assert set(groups[held]).isdisjoint(np.delete(groups, held))   # whole images out
+    assert 0.05 < len(held) / len(y) < 0.2
+
+    assert "clf__groups" in _group_params(make_pipeline("svm"), groups)
+    assert _group_params(make_pipeline("logistic"), groups) == {}   # no internal holdout
+    assert _group_params(make_pipeline("svm"), None) == {}
