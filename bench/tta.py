@@ -1,6 +1,6 @@
 """`predict --tta N` on the test images of a cache: accuracy and time for N = 0, 4, 8.
 
-    python bench/tta.py CACHE.h5 HEAD.joblib
+    python bench/tta.py CACHE.h5 HEAD.joblib|MODEL.keras
 
 Runs bottleneck.predictor.predict_paths (what `python cli.py predict --tta N` runs) on the files
 of the cache's test split and scores the labels against their folders.

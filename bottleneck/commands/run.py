@@ -103,8 +103,11 @@ def run(args, say):
                             "pass --heads with a linear kind, or --finetune no")
         model = os.path.join(out, "finetuned.keras")
         ft_report = os.path.join(out, "finetune_report")
+        # the recipe measured best on flowers5 (BENCHMARKS.md): Adam 5e-5 on a cosine, label
+        # smoothing 0.1; augmentation stays off here (flips are wrong for some data)
         tuned = _cli(["finetune", "--from-head", head, "--epochs", args.epochs, "--out", model,
-                      "--report", ft_report, "--seed", args.seed]
+                      "--report", ft_report, "--seed", args.seed, "--optimizer", "adam",
+                      "--lr", 5e-5, "--lr-schedule", "cosine", "--label-smoothing", 0.1]
                      + (["--unfreeze-from", advice["unfreeze_from"]]
                         if advice.get("unfreeze_from") else [])
                      + (["--class-weight", advice["class_weight"]]
