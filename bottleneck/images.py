@@ -37,7 +37,7 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def _walk_images(folder: str):
+def walk_images(folder: str):
     """Sorted image files below `folder` (recursively), and how many other files were seen."""
     found, ignored = [], 0
     for base, dirs, files in os.walk(folder, followlinks=True):
@@ -75,7 +75,7 @@ def scan_folder(root: str) -> ImageFolder:
             folder = os.path.join(root, group, name)
             if not os.path.isdir(folder):
                 continue
-            files, skipped = _walk_images(folder)
+            files, skipped = walk_images(folder)
             ignored += skipped
             for path in files:
                 paths.append(os.path.relpath(path, root).replace(os.sep, "/"))

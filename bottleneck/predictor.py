@@ -89,14 +89,12 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
 
 def collect_images(inputs) -> list[str]:
     """Image files named directly, or found (sorted, recursively) under folders."""
-    from .images import is_image_file
+    from .images import walk_images
 
     found = []
     for item in inputs:
         if os.path.isdir(item):
-            for base, dirs, files in os.walk(item, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found.extend(os.path.join(base, f) for f in sorted(files) if is_image_file(f))
+            found.extend(walk_images(item)[0])   # the same walk as extract's
         else:
             found.append(item)   # missing or unreadable files are reported per image
     if not found:
