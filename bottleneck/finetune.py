@@ -59,6 +59,7 @@ class FinetuneOptions:
     resume: bool = False
     check_samples: int = 64
     time_budget: float | None = None   # seconds of training; stop after the epoch that passes it
+    average_last: int = 0              # >0: the output is the mean weights of the last N epochs
     head: dict | None = field(default=None, repr=False)  # {spec, provenance, kind, predict_proba}
 
 
@@ -285,7 +286,45 @@ def write_state(path: str, state: dict) -> None:
 def _paths(out: str) -> dict:
     stem = out[:-6] if out.endswith(".keras") else out
     return {"best": out if out.endswith(".keras") else out + ".keras",
-            "last": stem + ".last.keras", "state": stem + ".state.json"}
+            "last": stem + ".last.keras", "state": stem + ".state.json",
+            "average": stem + ".average.npz"}
+
+
+class WeightAverage:
+    """Running sum of the trainable weights over epochs, kept on disk next to the checkpoint so
+    --resume continues it. BatchNorm is frozen, so the averaged network needs no re-estimated
+    statistics: the mean of the weights is a valid network as it stands (SWA without the BN pass)."""
+
+    def __init__(self, path: str):
+        self.path, self.sums, self.count, self.epochs = path, None, 0, []
+
+    def add(self, weights, epoch: int) -> None:
+        weights = [np.asarray(w, dtype=np.float64) for w in weights]
+        self.sums = weights if self.sums is None else [a + w for a, w in zip(self.sums, weights)]
+        self.count += 1
+        self.epochs.append(int(epoch))
+
+    def mean(self) -> list:
+        return [(a / self.count).astype(np.float32) for a in self.sums]
+
+    def save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as handle:
+            np.savez(handle, epochs=np.asarray(self.epochs, dtype=np.int64),
+                     **{f"w{i}": a for i, a in enumerate(self.sums)})
+        os.replace(tmp, self.path)
+
+    def load(self, through_epoch: int) -> bool:
+        """Take the saved sum if it ends at `through_epoch` (the checkpoint's); False otherwise."""
+        if not os.path.isfile(self.path):
+            return False
+        with np.load(self.path) as data:
+            epochs = [int(e) for e in data["epochs"]]
+            if not epochs or epochs[-1] != through_epoch:
+                return False
+            self.sums = [data[f"w{i}"] for i in range(len(data.files) - 1)]
+        self.count, self.epochs = len(epochs), epochs
+        return True
 
 
 def run_finetune(opts: FinetuneOptions, say=print) -> dict:
@@ -312,6 +351,9 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
         raise UserError("--batch-size must be at least 1")
     schedule_lr(opts.lr, opts.lr_schedule, 0, 2)
     make_loss(opts.label_smoothing)
+    if opts.average_last < 0 or opts.average_last > opts.epochs:
+        raise UserError(f"--average-last {opts.average_last}: pick 0 (off) to --epochs "
+                        f"({opts.epochs})")
     keras.utils.set_random_seed(opts.seed)
 
     # -- the head (or a random one) and the cache whose split we train on
@@ -453,6 +495,15 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(fields)
 
+    average = WeightAverage(paths["average"]) if opts.average_last else None
+    window_start = opts.epochs - opts.average_last + 1   # first epoch (1-based) averaged
+    if average is not None and state["epoch"] >= window_start:
+        if not average.load(state["epoch"]):
+            say("the saved weight average is out of step with the checkpoint; averaging restarts "
+                "from the next epoch")
+    elif os.path.isfile(paths["average"]):
+        os.remove(paths["average"])   # a stale average from an earlier run with this --out
+
     stopped = None
     while state["epoch"] < opts.epochs:
         epoch = state["epoch"]
@@ -493,6 +544,9 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
             save_atomic(inference_model(network), paths["best"])
         else:
             state["stale"] += 1
+        if average is not None and phase == "finetune" and epoch + 1 >= window_start:
+            average.add([v.numpy() for v in network.trainable_weights], epoch + 1)
+            average.save()
         save_atomic(network, paths["last"])
         write_state(paths["state"], state)
         say(f"epoch {epoch + 1}/{opts.epochs} [{phase}] loss {row['loss']:.4f} acc "
@@ -508,7 +562,23 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
     if stopped:
         say(stopped)
 
-    # -- the best checkpoint, scored once on test
+    averaged = None
+    if average is not None and average.count:
+        # the output is the mean of the window's weights, whatever val says of single epochs
+        for variable, value in zip(network.trainable_weights, average.mean()):
+            variable.assign(value)
+        averaged = {"epochs": average.epochs, "n": average.count}
+        if val_ds is not None:
+            val = network.evaluate(val_ds, verbose=0, return_dict=True)
+            averaged.update(val_accuracy=float(val["accuracy"]), val_loss=float(val["loss"]))
+        save_atomic(inference_model(network), paths["best"])
+        say(f"averaged the weights of epochs {average.epochs[0]}-{average.epochs[-1]}"
+            + (f": val_acc {averaged['val_accuracy']:.4f}" if val_ds is not None else "")
+            + " (this is the saved model)")
+    elif average is not None:
+        say("--average-last: no epoch reached the averaging window; keeping the best epoch")
+
+    # -- the saved model (best epoch, or the average), scored once on test
     best = keras.saving.load_model(paths["best"], compile=False)
     result = {
         "model": paths["best"], "route": opts.head_init, "head_kind": info["head_kind"],
@@ -518,6 +588,7 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
         "transplant_n": None if check is None else check["n"],
         "initial": initial, "epochs": state["history"], "best_epoch": state["best_epoch"],
         "stopped": stopped, "train_seconds": round(state["seconds"], 2),
+        "averaged": averaged, "selected": "average" if averaged else "best val epoch",
         "unfreeze_from": body.layers[unfreeze].name, "warmup_epochs": warmup,
         "split": {k: int(len(v)) for k, v in rows.items()}, "report": report_dir,
     }
@@ -532,8 +603,10 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
             raise UserError(f"{len(y) - len(probs)} test image(s) could not be read; check --data")
         result.update(write_report(report_dir, y, probs, class_names, extra={
             k: result[k] for k in ("route", "head_kind", "transplant_agreement", "best_epoch",
-                                   "initial", "model")}))
-        say(f"test accuracy {result['test_accuracy']:.4f} (best epoch {state['best_epoch']}; "
+                                   "selected", "averaged", "initial", "model")}))
+        chosen = (f"weights averaged over epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}"
+                  if averaged else f"best epoch {state['best_epoch']}")
+        say(f"test accuracy {result['test_accuracy']:.4f} ({chosen}; "
             f"before training {initial.get('test_accuracy', float('nan')):.4f})")
     else:
         result["test_accuracy"] = None

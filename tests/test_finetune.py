@@ -328,6 +328,47 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     np.testing.assert_allclose(served, predict(x), atol=1e-5)
 
 
+def test_average_last_saves_the_mean_of_the_last_epochs(data, tmp_path):
+    import keras
+
+    from bottleneck.errors import UserError
+    from bottleneck.finetune import FinetuneOptions, run_finetune
+
+    path = data["caches"]["avg"]
+    cache = _cache(path)
+    x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
+    base = dict(features=path, head=_weak_head(cache, 2), lr=0.05, batch_size=8, seed=0,
+                check_samples=4, unfreeze_from="conv_dw_12")
+
+    # N = 1: the "average" is the last epoch itself
+    one = str(tmp_path / "one.keras")
+    result = run_finetune(FinetuneOptions(**base, epochs=2, average_last=1, out=one),
+                          say=lambda *a: None)
+    assert result["selected"] == "average" and result["averaged"]["epochs"] == [2]
+    last = keras.saving.load_model(str(tmp_path / "one.last.keras"))
+    np.testing.assert_allclose(keras.saving.load_model(one).predict(x, verbose=0),
+                               last.predict(x, verbose=0), atol=1e-6)
+
+    # N = 2: the saved network holds the mean of epochs 2 and 3, which is not epoch 3
+    two = str(tmp_path / "two.keras")
+    result = run_finetune(FinetuneOptions(**base, epochs=3, average_last=2, out=two),
+                          say=lambda *a: None)
+    assert result["averaged"]["epochs"] == [2, 3]
+    saved = keras.saving.load_model(two)
+    last = keras.saving.load_model(str(tmp_path / "two.last.keras"))
+    with np.load(str(tmp_path / "two.average.npz")) as sums:
+        mean = [sums[f"w{i}"] / 2 for i in range(len(sums.files) - 1)]
+    by_path = {v.path: v for v in saved.weights}
+    trained = [v.path for v in last.trainable_weights]
+    assert len(trained) == len(mean)
+    for name, value in zip(trained, mean):
+        np.testing.assert_allclose(by_path[name].numpy(), value, atol=1e-6, err_msg=name)
+    assert not np.allclose(saved.predict(x, verbose=0), last.predict(x, verbose=0), atol=1e-6)
+
+    with pytest.raises(UserError, match="--average-last"):
+        run_finetune(FinetuneOptions(**base, epochs=2, average_last=3, out=two))
+
+
 def test_schedule_and_label_smoothing():
     import keras
 

@@ -55,6 +55,10 @@ def add_parser(sub):
                     help="stop after this many epochs without a better val score (default: off)")
     tr.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                     help="stop after the epoch in which training time passes SECONDS")
+    tr.add_argument("--average-last", type=int, default=0, metavar="N",
+                    help="save the mean of the weights of the last N epochs instead of the best "
+                         "val epoch (BatchNorm is frozen, so the mean is a valid network; steadier "
+                         "than a choice on a small val split; default 0: off)")
     tr.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation, init")
     tr.add_argument("--resume", action="store_true",
                     help="continue from the last epoch checkpoint of --out (model, optimizer "
@@ -95,5 +99,6 @@ def run(args, say):
         label_smoothing=args.label_smoothing, optimizer=args.optimizer,
         batch_size=args.batch_size, augment=augment, class_weight=args.class_weight,
         patience=args.patience, out=args.out, report=args.report, seed=args.seed,
-        resume=args.resume, check_samples=args.check_samples, time_budget=args.time_budget),
+        resume=args.resume, check_samples=args.check_samples, time_budget=args.time_budget,
+        average_last=args.average_last),
         say=say)
