@@ -206,12 +206,12 @@ def make_optimizer(name: str, lr: float):
 def schedule_lr(base: float, schedule: str, step: int, steps: int) -> float:
     """Learning rate of fine-tune epoch `step` (0-based) of `steps`: constant, or half a cosine
     from `base` down to base/100 at the last epoch (fewer noisy late epochs, a settled end)."""
+    if schedule not in SCHEDULES:
+        raise UserError(f"--lr-schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if schedule == "constant" or steps <= 1:
         return base
-    if schedule == "cosine":
-        floor = base / 100
-        return floor + (base - floor) * 0.5 * (1 + np.cos(np.pi * step / (steps - 1)))
-    raise UserError(f"--lr-schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    floor = base / 100
+    return floor + (base - floor) * 0.5 * (1 + np.cos(np.pi * step / (steps - 1)))
 
 
 @keras.saving.register_keras_serializable(package="bottleneck")
@@ -349,7 +349,7 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
         raise UserError("--head-init: choose head (transplant --from-head) or random")
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    schedule_lr(opts.lr, opts.lr_schedule, 0, 2)
+    schedule_lr(opts.lr, opts.lr_schedule, 0, opts.epochs)   # bad flags fail before any work
     make_loss(opts.label_smoothing)
     if opts.average_last < 0 or opts.average_last > opts.epochs:
         raise UserError(f"--average-last {opts.average_last}: pick 0 (off) to --epochs "

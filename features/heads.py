@@ -18,7 +18,9 @@ scored once, by the caller, at the very end.
 
 from __future__ import annotations
 
+import contextlib
 import time
+import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -71,19 +73,37 @@ def fit_temperature(decision: np.ndarray, y_index: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def smallest_class(y_index, groups=None) -> int:
+    """Images in the rarest class: rows, or distinct `groups` (images) when rows are views."""
+    y_index = np.asarray(y_index)
+    if groups is not None:
+        y_index = y_index[np.unique(np.asarray(groups), return_index=True)[1]]
+    return int(np.bincount(y_index).min()) if len(y_index) else 0
+
+
+def stratified_folds(folds: int, random_state, groups=None):
+    """Shuffled stratified k-fold; grouped (every view of an image in one fold) with `groups`."""
+    kind = StratifiedKFold if groups is None else StratifiedGroupKFold
+    return kind(folds, shuffle=True, random_state=random_state)
+
+
 def held_out_splitter(y_index, folds: int, random_state, groups=None):
     """Stratified folds, grouped when `groups` names the image of each row (augmented views), so
     no image is scored by a model that saw one of its views; None when a class has too few."""
-    if groups is None:
-        smallest = int(np.bincount(y_index).min())
-    else:
-        first = np.unique(np.asarray(groups), return_index=True)[1]
-        smallest = int(np.bincount(np.asarray(y_index)[first]).min())
-    if folds < 2 or smallest < folds:
+    if folds < 2 or smallest_class(y_index, groups) < folds:
         return None
-    if groups is None:
-        return StratifiedKFold(folds, shuffle=True, random_state=random_state)
-    return StratifiedGroupKFold(folds, shuffle=True, random_state=random_state)
+    return stratified_folds(folds, random_state, groups)
+
+
+@contextlib.contextmanager
+def quiet_convergence():
+    """Silence scikit-learn's ConvergenceWarning: the iteration caps are deliberate, and the
+    CV score, not the solver's tolerance, says whether a head is good."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
 
 
 def cv_temperature(make_svc, X, y, classes, folds, random_state, groups=None) -> float:
@@ -113,6 +133,10 @@ class TemperedSoftmaxMixin:
 class SoftmaxLinearMixin(TemperedSoftmaxMixin):
     """A tempered-softmax model that is linear, hence expressible as one Dense layer."""
 
+    def decision_function(self, X):
+        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
+        return out.ravel() if out.shape[1] == 1 else out
+
     def linear_params(self):
         """(kernel (d, k), bias (k,)) such that softmax(X @ kernel + bias) == predict_proba(X)."""
         coef = np.asarray(self.coef_, dtype=np.float64)
@@ -141,12 +165,7 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
                          random_state=self.random_state)
 
     def fit(self, X, y, groups=None):
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with quiet_convergence():
             svc = self._svc().fit(X, y)
             self.classes_ = svc.classes_
             self.coef_, self.intercept_ = svc.coef_, svc.intercept_
@@ -154,10 +173,6 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
             self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
                                                self.temperature_cv, self.random_state, groups)
         return self
-
-    def decision_function(self, X):
-        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
-        return out.ravel() if out.shape[1] == 1 else out
 
 
 class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
@@ -211,12 +226,7 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
                              average=True)
 
     def fit(self, X, y, groups=None):
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
+        with quiet_convergence():
             return self._fit(X, y, groups)
 
     def _fit(self, X, y, groups=None):
@@ -241,10 +251,6 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
         self.n_features_in_ = sgd.coef_.shape[1]
         self.temperature_ = float(temperature)
         return self
-
-    def decision_function(self, X):
-        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
-        return out.ravel() if out.shape[1] == 1 else out
 
 
 class NumpyMLP(ClassifierMixin, BaseEstimator):
@@ -317,9 +323,8 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
 
             return train_test_split(np.arange(len(y_index)), test_size=0.1, stratify=y_index,
                                     random_state=self.random_state)[1]
-        first = np.unique(np.asarray(groups), return_index=True)[1]
-        folds = min(10, int(np.bincount(y_index[first]).min()))
-        cv = held_out_splitter(y_index, folds, self.random_state, groups)
+        cv = held_out_splitter(y_index, min(10, smallest_class(y_index, groups)),
+                               self.random_state, groups)
         return None if cv is None else next(cv.split(y_index, y_index, groups))[1]
 
     def predict_proba(self, X):
@@ -404,18 +409,12 @@ def check_labels(y, class_names, where="train split"):
 def cv_splitter(y, folds: int, seed: int, groups=None):
     """Stratified k-fold on the train split; with `groups` (the image of each augmented view),
     every view of an image stays in one fold, so CV never scores an image whose views it saw."""
-    if groups is None:
-        smallest = int(np.bincount(y).min()) if len(y) else 0
-    else:
-        first = np.unique(np.asarray(groups), return_index=True)[1]
-        smallest = int(np.bincount(np.asarray(y)[first]).min()) if len(first) else 0
+    smallest = smallest_class(y, groups)
     folds = min(int(folds), smallest)
     if folds < 2:
         raise UserError(f"the train split has only {smallest} image(s) in some class; "
                         "cross-validation needs at least 2 per class: add images")
-    if groups is not None:
-        return StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    return StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return stratified_folds(folds, seed, groups)
 
 
 def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="standard", pca=None,
