@@ -2,7 +2,7 @@
 
 import sys
 
-from bottleneck.commands import main
+from bottleneck.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,8 +10,7 @@ import numpy as np
 
 def matmul_peak(dtype="float32", n=2048, seconds=3.0) -> float:
     """Best sustained FLOP/s of an n x n matmul in `dtype` on this machine, measured now."""
-    import tensorflow as tf
-
+    from features.tf import tf
     a = tf.random.normal((n, n), dtype=tf.float32)
     a = tf.cast(a, dtype)
     b = tf.cast(tf.random.normal((n, n)), dtype)
@@ -27,8 +26,7 @@ def matmul_peak(dtype="float32", n=2048, seconds=3.0) -> float:
 
 def model_flops(model) -> float:
     """Multiply-add FLOPs (x2) of one image through `model`'s conv, depthwise and dense layers."""
-    import keras
-
+    from features.tf import keras
     total = 0.0
     for layer in model.layers:
         if isinstance(layer, keras.Model):

@@ -22,13 +22,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import bottleneck.quiet  # noqa: E402,F401
+
 import numpy as np  # noqa: E402
 
 from bench.common import matmul_peak, model_flops, peak_rss_mb  # noqa: E402
+from bottleneck.backbones.network import build_feature_model  # noqa: E402
+from bottleneck.backbones.registry import get_backbone  # noqa: E402
 from bottleneck.extract import ExtractOptions, run_extract  # noqa: E402
-from bottleneck.network import build_feature_model  # noqa: E402
-from bottleneck.registry import get_backbone  # noqa: E402
 from features.store import Cache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,15 +45,14 @@ def subset(n: int, dest: str) -> str:
             for f in sorted(os.listdir(os.path.join(FLOWERS, name)))[: max(1, n // 5)]:
                 shutil.copy(os.path.join(FLOWERS, name, f), os.path.join(dest, name, f))
     else:
-        from bottleneck.synthetic import make_image_folder
+        from bottleneck.data.synthetic import make_image_folder
         make_image_folder(dest, n_per_class=max(1, n // 4), size=227, ext=".jpg")
     return dest
 
 
 def stock_route(folder, backbone, weights, alpha, layer, size, batch_size=32):
     """Keras' documented route; returns (seconds, features)."""
-    import keras
-
+    from features.tf import keras
     row = get_backbone(backbone)
     start = time.perf_counter()
     kwargs = {"alpha": alpha} if row.alphas else {}

@@ -13,10 +13,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import bottleneck.quiet  # noqa: E402,F401
+
 import numpy as np  # noqa: E402
 
-from bottleneck.predictor import load_predictor, predict_paths  # noqa: E402
+from bottleneck.predict.predictor import load_predictor, predict_paths  # noqa: E402
 from features.store import Cache  # noqa: E402
 
 

@@ -13,15 +13,23 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from bottleneck.backbones.network import (
+    build_feature_model,
+    compiled_forward,
+    default_layer_specs,
+)
+from bottleneck.backbones.registry import check_weights_arg, get_backbone, weights_id
+from bottleneck.data.images import (
+    augmented_views,
+    decode_with_pillow,
+    image_dataset,
+    scan_folder,
+)
+from features.errors import UserError
 from features.journal import Journal
 from features.split import assign_split, split_counts
 from features.store import Cache, CacheConfig, write_cache
-
-from .errors import UserError
-from .images import augmented_views, decode_with_pillow, image_dataset, scan_folder
-from .network import build_feature_model, compiled_forward, default_layer_specs
-from .registry import check_weights_arg, get_backbone, weights_id
-from .versions import library_versions
+from features.versions import library_versions
 
 
 @dataclass
@@ -169,8 +177,9 @@ def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
 
     Returns the number of images computed, or None when stopped early by `opts.stop_after`.
     """
-    import tensorflow as tf
     from tqdm import tqdm
+
+    from features.tf import tf
 
     n = len(paths)
     if start >= n:

@@ -1,6 +1,6 @@
 """Stage 2 orchestration: cache -> CV-chosen head(s) -> one test score -> head file + report.
 
-Used by the `fit-svm`, `fit-logistic`, `fit-mlp` and `fit` commands (bottleneck/commands/fit.py).
+Used by the `fit-svm`, `fit-logistic`, `fit-mlp` and `fit` commands (bottleneck/cli/fit.py).
 """
 
 from __future__ import annotations
@@ -10,15 +10,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bottleneck.errors import UserError
-
-from .headfile import make_bundle, save_head
-from .heads import (KINDS, LINEAR_KINDS, check_labels, feature_dim, fit_head, load_features,
-                    resolve_layers)
-from .outofcore import default_memory_budget_mb, fit_sgd_outofcore, iter_blocks, \
-    block_rows_for, memory_estimate_mb
-from .report import classification_text, test_metrics, write_report
-from .store import Cache, newest_cache
+from features.errors import UserError
+from features.headfile import make_bundle, save_head
+from features.heads import (
+    KINDS,
+    LINEAR_KINDS,
+    check_labels,
+    feature_dim,
+    fit_head,
+    load_features,
+    resolve_layers,
+)
+from features.outofcore import (
+    block_rows_for,
+    default_memory_budget_mb,
+    fit_sgd_outofcore,
+    iter_blocks,
+    memory_estimate_mb,
+)
+from features.report import classification_text, test_metrics, write_report
+from features.store import Cache, newest_cache
 
 DEFAULT_FIT_KINDS = ("logistic", "svm", "mlp", "svm-rbf")
 ROUTES = ("auto", "memory", "out-of-core")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 
-from bottleneck.errors import UserError
+from features.errors import UserError
 
 HEAD_FORMAT = "bottleneck-head"
 HEAD_FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, Stratifi
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from bottleneck.errors import UserError
+from features.errors import UserError
 
 LINEAR_KINDS = ("svm", "logistic", "sgd")
 KINDS = ("svm", "logistic", "mlp", "svm-rbf", "svm-poly", "sgd")
@@ -271,9 +271,8 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
-        from bottleneck import quiet  # noqa: F401
-        import keras
 
+        from features.tf import keras
         X = np.asarray(X, dtype=np.float32)
         self.classes_ = np.unique(y)
         k = max(2, len(self.classes_))

@@ -14,7 +14,7 @@ import shutil
 
 import numpy as np
 
-from bottleneck.errors import UserError
+from features.errors import UserError
 
 
 class Journal:

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .heads import TemperedSGD, cv_splitter, fit_temperature, load_features
+from features.heads import TemperedSGD, cv_splitter, fit_temperature, load_features
 
 ALPHAS = (1e-4, 1e-3, 1e-2)
 

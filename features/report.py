@@ -10,8 +10,13 @@ import numpy as np
 
 def test_metrics(y_true, proba, class_names, *, top_k=(1, 3)) -> dict:
     """Accuracy, balanced accuracy, macro F1, top-k and per-class figures from probabilities."""
-    from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix,
-                                 f1_score, precision_recall_fscore_support)
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     y_true = np.asarray(y_true)
     proba = np.asarray(proba)

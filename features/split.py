@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bottleneck.errors import UserError
+from features.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
 TRAIN, VAL, TEST = 0, 1, 2

@@ -29,9 +29,8 @@ from dataclasses import asdict, dataclass
 import h5py
 import numpy as np
 
-from bottleneck.errors import UserError
-
-from .split import SPLIT_NAMES
+from features.errors import UserError
+from features.split import SPLIT_NAMES
 
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")

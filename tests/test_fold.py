@@ -1,10 +1,10 @@
 """Folding BatchNorm into convolutions changes speed, not results."""
 
-import keras
 import numpy as np
 import pytest
 
-from bottleneck.fold import fold_batchnorm
+from bottleneck.backbones.fold import fold_batchnorm
+from features.tf import keras
 
 
 @pytest.mark.parametrize("ctor,kwargs,expect_folded", [

@@ -6,11 +6,16 @@ import joblib
 import numpy as np
 import pytest
 
-from bottleneck.errors import UserError
+from features.errors import UserError
 from features.fitting import FitOptions, fit_best, fit_one
 from features.headfile import check_head_matches, load_head, make_bundle, save_head
-from features.heads import (_fit_mlp_pipeline, apply_layer_spec, head_layer_spec, load_features,
-                            make_pipeline)
+from features.heads import (
+    _fit_mlp_pipeline,
+    apply_layer_spec,
+    head_layer_spec,
+    load_features,
+    make_pipeline,
+)
 from features.split import assign_split
 from features.store import Cache, CacheConfig, write_cache
 
@@ -181,7 +186,7 @@ def test_auto_route_goes_out_of_core_over_budget(separable, tmp_path):
 # ------------------------------------------------------------------ fit (all heads) + CLI + report
 
 def test_fit_cli_json_ranks_heads_and_writes_report(separable, tmp_path, capsys):
-    from bottleneck.commands import main
+    from bottleneck.cli import main
 
     out, report = tmp_path / "best.joblib", tmp_path / "rep"
     rc = main(["fit", "--features", separable, "--heads", "logistic,svm,svm-rbf", "--cv", "3",

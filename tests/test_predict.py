@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from bottleneck.commands import main
-from bottleneck.errors import UserError
+from bottleneck.cli import main
+from bottleneck.data.synthetic import make_image_folder
 from bottleneck.extract import ExtractOptions, run_extract
-from bottleneck.synthetic import make_image_folder
+from features.errors import UserError
 from features.fitting import FitOptions, fit_one
 from features.headfile import load_head, save_head
 from features.heads import load_features
@@ -30,8 +30,7 @@ def weights():
     reproducible by seeding Keras before every network build (random weights are not saved)."""
     if os.path.isfile(REAL_WEIGHTS):
         return os.path.abspath(REAL_WEIGHTS)
-    import keras
-
+    from features.tf import keras
     keras.utils.set_random_seed(0)
     return "none"
 
@@ -98,7 +97,7 @@ def test_predict_refuses_bad_models(fitted, tmp_path, capsys):
     bundle["provenance"]["feature_layers"] = ["conv_pw_12_relu"]   # a layer the network lacks
     save_head(str(tmp_path / "wrong.joblib"), bundle)
     with pytest.raises(UserError, match="layers"):
-        from bottleneck.predictor import load_predictor
+        from bottleneck.predict.predictor import load_predictor
 
         load_predictor(str(tmp_path / "wrong.joblib"))
     assert main(["predict", fitted["data"], "--model", str(tmp_path / "nothing.joblib")]) == 2

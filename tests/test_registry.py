@@ -1,11 +1,11 @@
 """The backbone registry: every row is buildable and its facts agree with keras.applications."""
 
-import keras
 import pytest
 
-from bottleneck.errors import UserError
-from bottleneck.network import default_layer_specs, resolve_layers
-from bottleneck.registry import BACKBONES, build_body, get_backbone
+from bottleneck.backbones.network import default_layer_specs, resolve_layers
+from bottleneck.backbones.registry import BACKBONES, build_body, get_backbone
+from features.errors import UserError
+from features.tf import keras
 
 
 @pytest.mark.parametrize("row", BACKBONES.values(), ids=list(BACKBONES))

@@ -3,8 +3,8 @@
 import json
 import os
 
-from bottleneck.commands import main
-from bottleneck.synthetic import make_image_folder
+from bottleneck.cli import main
+from bottleneck.data.synthetic import make_image_folder
 
 
 def test_run_puts_every_stage_in_one_report(tmp_path, capsys):

@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 
-from bottleneck.commands import main
-from bottleneck.registry import build_body, get_backbone
-from bottleneck.stages import blocks, stage_ends, unfreeze_point
+from bottleneck.backbones.registry import build_body, get_backbone
+from bottleneck.backbones.stages import blocks, stage_ends, unfreeze_point
+from bottleneck.cli import main
 from features.store import Cache
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 TINY = ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32"]
 

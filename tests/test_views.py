@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from bottleneck.images import augmented_views
+from bottleneck.data.images import augmented_views
 from features.store import Cache
+from features.tf import tf
 
-from .test_extract import extract
+from .helpers import extract
 
 
 def test_views_are_seeded_and_differ():
@@ -49,7 +49,7 @@ def test_views_in_cache(tiny_folder, tmp_path):
 
 
 def test_views_change_the_cache_identity(tiny_folder, tmp_path):
-    from bottleneck.errors import UserError
+    from features.errors import UserError
 
     extract(tiny_folder, tmp_path / "f.h5")
     with pytest.raises(UserError, match="views"):

@@ -1,0 +1,180 @@
+"""The feature network: family preprocessing, the frozen body cut at its taps, and pooling.
+
+The same builder serves `extract`, `predict` and `finetune`, so a tap is computed identically
+everywhere: raw RGB in [0, 255] -> Preprocess -> body up to the tapped layers -> pooling.
+"""
+
+from __future__ import annotations
+
+import difflib
+from contextlib import contextmanager
+
+from bottleneck.backbones.registry import Backbone, build_body
+from features.errors import UserError
+from features.tf import keras
+
+POOLS = ("avg", "max", "avgmax", "none")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@keras.saving.register_keras_serializable(package="bottleneck")
+class Preprocess(keras.layers.Layer):
+    """Applies `keras.applications.<module>.preprocess_input` inside the graph (float32)."""
+
+    def __init__(self, module: str, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.module = module
+
+    def call(self, inputs):
+        return getattr(keras.applications, self.module).preprocess_input(
+            keras.ops.cast(inputs, "float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "module": self.module}
+
+
+def pool_layer(pool: str, name: str):
+    """A layer turning an (H, W, C) map into the cached feature for `pool`."""
+    if pool == "avg":
+        return keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")
+    if pool == "max":
+        return keras.layers.GlobalMaxPooling2D(name=f"{name}_max")
+    if pool == "avgmax":
+        avg = keras.layers.GlobalAveragePooling2D(name=f"{name}_avg")
+        mx = keras.layers.GlobalMaxPooling2D(name=f"{name}_max")
+        concat = keras.layers.Concatenate(name=f"{name}_avgmax")
+        return lambda x: concat([avg(x), mx(x)])
+    if pool == "none":
+        return lambda x: x
+    raise UserError(f"--pool {pool!r}: choose one of {', '.join(POOLS)}")
+
+
+def layer_index(body, spec, *, flag: str = "--layer", body_is: str = "the body") -> int:
+    """Index into body.layers of `spec`: a layer name, or an integer index (negative allowed).
+
+    An unknown name is refused with the closest names, an index out of range with the count."""
+    names = [layer.name for layer in body.layers]
+    spec = str(spec)
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+        if not -len(names) <= index < len(names):
+            raise UserError(f"{flag} {spec}: index out of range ({body_is} has {len(names)} "
+                            "layers; see `python cli.py layers`)")
+        return index % len(names)
+    if spec in names:
+        return names.index(spec)
+    close = difflib.get_close_matches(spec, names, n=5, cutoff=0.4)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise UserError(f"{flag} {spec!r} is not a layer of {body_is}.{hint} "
+                    "`python cli.py layers --backbone NAME` lists them.")
+
+
+def resolve_layers(body, specs) -> list[tuple[str, int]]:
+    """(name, index) for each --layer spec: a layer name, or an integer index (negative allowed)."""
+    out = []
+    for spec in specs:
+        index = layer_index(body, spec, body_is="this backbone")
+        if len(body.layers[index].output.shape) not in (2, 4):
+            raise UserError(f"--layer {spec}: output shape {body.layers[index].output.shape} is "
+                            "neither a feature map nor a vector")
+        out.append((body.layers[index].name, index))
+    return out
+
+
+def default_layer_specs(row: Backbone) -> list[str]:
+    return [row.default_layer] if row.default_layer else ["-1"]
+
+
+@contextmanager
+def precision_policy(precision: str):
+    """Build layers under a mixed-precision policy ('float32' changes nothing)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "float32":
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(f"mixed_{precision}")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_feature_model(row: Backbone, *, weights, image_size: int, alpha, layer_specs, pool: str,
+                        precision: str = "float32", fold_bn: bool = False):
+    """(model, [(layer name, index)]): float32 RGB in [0, 255] -> one pooled float32 output per tap.
+
+    `fold_bn` folds BatchNorm into the convolutions (inference only: extraction and prediction);
+    only in float32, since a folded bias added in bfloat16/float16 loses the precision that Keras'
+    float32 BatchNorm arithmetic keeps.
+    """
+    with precision_policy(precision):
+        body = build_body(row, weights=weights, image_size=image_size, alpha=alpha)
+        taps = resolve_layers(body, layer_specs)
+        if fold_bn and precision == "float32":
+            from bottleneck.backbones.fold import fold_batchnorm
+
+            body = fold_batchnorm(body, keep=[name for name, _ in taps])
+        cut = keras.Model(body.inputs, [body.get_layer(name).output for name, _ in taps],
+                          name=f"{row.name}_taps")
+        cut.trainable = False
+        inputs = keras.Input((image_size, image_size, 3), name="image", dtype="float32")
+        maps = cut(Preprocess(row.preprocess, name="preprocess")(inputs))
+        maps = maps if isinstance(maps, (list, tuple)) else [maps]
+        outputs = []
+        for (name, _), fmap in zip(taps, maps):
+            pooled = pool_layer(pool, name)(fmap) if len(fmap.shape) == 4 else fmap
+            outputs.append(keras.layers.Activation("linear", dtype="float32",
+                                                   name=f"feat_{name}")(pooled))
+    return keras.Model(inputs, outputs, name="features"), taps
+
+
+def compiled_forward(model):
+    """A traced inference function over any batch size (no per-call `predict` overhead or leak)."""
+    from features.tf import tf
+    shape = model.inputs[0].shape
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape[1:]), tf.float32)],
+                 reduce_retracing=True)
+    def forward(images):
+        out = model(images, training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return forward
+
+
+def feature_model_from_provenance(prov: dict, weights: str | None = None, precision=None,
+                                  fold_bn: bool = False):
+    """Rebuild the exact feature network a cache (or a head's provenance) was made with.
+
+    `prov` holds backbone, alpha, weights ('imagenet' | 'none' | 'sha256:...'), weights_path,
+    image_size, pool, layer_indices, layers. A local weights file is found at `weights` or the
+    recorded weights_path, and must match the recorded sha256. Returns (model, taps).
+    """
+    import os
+
+    from bottleneck.backbones.registry import get_backbone, weights_id
+
+    recorded = prov["weights"]
+    if recorded in ("imagenet", "none"):
+        source = None if recorded == "none" else "imagenet"
+    else:
+        source = weights or prov.get("weights_path") or ""
+        if not os.path.isfile(source):
+            raise UserError(f"the features were made with a local weights file ({recorded[:19]}...) "
+                            f"that is not at {source!r}; pass --weights PATH to it")
+        if weights_id(source) != recorded:
+            raise UserError(f"--weights {source} is not the file the features were made with "
+                            f"(sha256 differs); pass the original file")
+    model, taps = build_feature_model(
+        get_backbone(prov["backbone"]), weights=source, image_size=int(prov["image_size"]),
+        alpha=prov.get("alpha"), layer_specs=[str(i) for i in prov["layer_indices"]],
+        pool=prov["pool"], precision=precision or prov.get("precision") or "float32",
+        fold_bn=fold_bn)
+    names = [name for name, _ in taps]
+    if names != list(prov["layers"]):
+        raise UserError(f"rebuilt taps {names} differ from the recorded {prov['layers']}; "
+                        "the Keras version may have renamed layers")
+    return model, taps

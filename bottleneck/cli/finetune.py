@@ -1,0 +1,104 @@
+"""`finetune`: transplant a fitted head onto the network and train end to end (stage 3)."""
+
+from __future__ import annotations
+
+from bottleneck.data.augment import FLIPS, AugmentOptions
+from bottleneck.finetune.run import OPTIMIZERS, SCHEDULES, FinetuneOptions
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "finetune", help="put a fitted head on the network and train it end to end",
+        description="Rebuild the backbone from a head's provenance up to its tapped layer(s), with "
+                    "the same pooling, put the head on top as Keras layers (scaling and PCA folded "
+                    "into the first Dense), check on the cache's test images that the network "
+                    "predicts what the head predicts, then fine-tune on the cache's train split "
+                    "(val: checkpoint choice and early stopping; test: scored once at the end). "
+                    "BatchNorm layers stay in inference mode; layers below --unfreeze-from stay "
+                    "frozen.")
+    src = p.add_argument_group("model source")
+    src.add_argument("--from-head", metavar="HEAD.joblib",
+                     help="a head saved by fit/fit-* (linear SVM, logistic, SGD or MLP)")
+    src.add_argument("--head-init", choices=("head", "random"), default="head",
+                     help="head: transplant --from-head (default); random: the classic route, a "
+                          "random Dense head trained with the body frozen for --warmup-epochs, "
+                          "then unfrozen (needs --features)")
+    src.add_argument("--features", metavar="FILE.h5",
+                     help="the feature cache (split, paths, network); default: the head's cache")
+    src.add_argument("--data", metavar="DIR",
+                     help="image folder (default: the cache's data_dir)")
+    src.add_argument("--weights", metavar="PATH",
+                     help="local weights file, if not at the path recorded in the cache")
+    tr = p.add_argument_group("training")
+    tr.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included (10)")
+    tr.add_argument("--warmup-epochs", type=int, default=None,
+                    help="epochs with the body frozen (default 0 with a transplanted head, 2 with "
+                         "--head-init random)")
+    tr.add_argument("--warmup-lr", type=float, default=None,
+                    help="learning rate of the warm-up epochs (default 10 x --lr)")
+    tr.add_argument("--unfreeze-from", metavar="LAYER",
+                    help="first trainable body layer, by name or index (default: the top block, "
+                         "e.g. conv_dw_13 for mobilenet)")
+    tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    tr.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
+                    help="constant (default) or cosine: --lr decays along half a cosine to "
+                         "--lr/100 over the fine-tune epochs (steadier late epochs)")
+    tr.add_argument("--label-smoothing", type=float, default=0.0, metavar="S",
+                    help="train on targets of 1-S on the true class plus S/n_classes on each "
+                         "(default 0: off; 0.1 is usual)")
+    tr.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                    help="sgd (momentum 0.9, default) or adam")
+    tr.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    tr.add_argument("--class-weight", choices=("balanced",), default=None,
+                    help="weight the loss by inverse class frequency of the train split")
+    tr.add_argument("--patience", type=int, default=None,
+                    help="stop after this many epochs without a better val score (default: off)")
+    tr.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                    help="stop after the epoch in which training time passes SECONDS")
+    tr.add_argument("--average-last", type=int, default=0, metavar="N",
+                    help="save the mean of the weights of the last N epochs instead of the best "
+                         "val epoch (BatchNorm is frozen, so the mean is a valid network; steadier "
+                         "than a choice on a small val split; default 0: off)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of shuffling, augmentation, init")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from the last epoch checkpoint of --out (model, optimizer "
+                         "state, epoch, best score)")
+    tr.add_argument("--check-samples", type=int, default=64,
+                    help="test images used by the transplant check (default 64)")
+    au = p.add_argument_group("augmentation (training only; off unless --augment)")
+    au.add_argument("--augment", action="store_true", help="turn augmentation on")
+    au.add_argument("--flip", choices=FLIPS, default="horizontal", help="(default horizontal)")
+    au.add_argument("--rotation", type=float, default=0.05,
+                    help="max rotation, fraction of a turn (default 0.05 = 18 degrees)")
+    au.add_argument("--shift", type=float, default=0.1, help="max shift, fraction (0.1)")
+    au.add_argument("--zoom", type=float, default=0.1, help="max zoom in/out, fraction (0.1)")
+    au.add_argument("--shear", type=float, default=0.0, help="max shear factor (default 0: off)")
+    au.add_argument("--color-jitter", type=float, default=0.1,
+                    help="brightness/contrast/saturation jitter factor (0.1; 0 turns it off)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default="finetuned.keras", metavar="MODEL.keras",
+                     help="best checkpoint (default finetuned.keras); MODEL.last.keras and "
+                          "MODEL.state.json hold the last epoch for --resume")
+    out.add_argument("--report", metavar="DIR",
+                     help="log.csv, training_curves.png, metrics.json, classification_report.txt, "
+                          "confusion_matrix.png (default MODEL_report/)")
+    return p
+
+
+def run(args, say):
+    from bottleneck.finetune.run import run_finetune
+
+    augment = AugmentOptions(flip=args.flip, rotation=args.rotation, shift=args.shift,
+                             zoom=args.zoom, shear=args.shear,
+                             color_jitter=args.color_jitter) if args.augment else None
+    return run_finetune(FinetuneOptions(
+        from_head=args.from_head, features=args.features, head_init=args.head_init,
+        data=args.data, weights=args.weights, epochs=args.epochs,
+        warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+        unfreeze_from=args.unfreeze_from, lr=args.lr, lr_schedule=args.lr_schedule,
+        label_smoothing=args.label_smoothing, optimizer=args.optimizer,
+        batch_size=args.batch_size, augment=augment, class_weight=args.class_weight,
+        patience=args.patience, out=args.out, report=args.report, seed=args.seed,
+        resume=args.resume, check_samples=args.check_samples, time_budget=args.time_budget,
+        average_last=args.average_last),
+        say=say)

@@ -1,0 +1,141 @@
+"""Stage 2 commands: `fit-svm`, `fit-logistic`, `fit-mlp` and `fit` (all heads, best by CV).
+
+The logic lives in features/fitting.py and features/heads.py; these are the argument parsers.
+"""
+
+from __future__ import annotations
+
+from features.errors import UserError
+from features.fitting import DEFAULT_FIT_KINDS, FitOptions, fit_best, fit_one, parse_pca
+from features.heads import KINDS, SCALINGS
+
+
+def _common(p, out_default: str):
+    p.add_argument("--features", default=None, metavar="FILE.h5",
+                   help="feature cache from `extract` (default: the newest under features/)")
+    p.add_argument("--layer", default=None, metavar="NAME",
+                   help="cached layer to use; 'all' (or NAME,NAME) concatenates layers (default: "
+                        "the only layer, or all of them when the cache holds several)")
+    p.add_argument("--out", default=None, metavar="HEAD.joblib",
+                   help=f"where to save the head (default {out_default})")
+    p.add_argument("--report", default=None, metavar="DIR",
+                   help="write metrics.json, classification_report.txt and confusion_matrix.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of CV folds and training (default 0)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="parallel CV fits (scikit-learn n_jobs; -1 = all cores; default 1)")
+    p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
+                   help="weight classes inversely to their frequency (default none)")
+    p.add_argument("--cv", type=int, default=5, dest="folds", metavar="K",
+                   help="stratified folds on the train split for choosing hyper-parameters "
+                        "(default 5)")
+    p.add_argument("--scaling", choices=SCALINGS, default="standard",
+                   help="feature scaling before the classifier (default standard)")
+    p.add_argument("--pca", default="none", metavar="N|FRACTION",
+                   help="whitened PCA to N components or a variance fraction (default none)")
+    p.add_argument("--route", choices=("auto", "memory", "out-of-core"), default="auto",
+                   help="in-memory fit, or stream HDF5 chunks through SGD partial_fit; auto picks "
+                        "by --max-memory-mb (default auto)")
+    p.add_argument("--max-memory-mb", type=float, default=None, metavar="MB",
+                   help="memory budget for the in-memory route (default: a quarter of RAM)")
+    p.add_argument("--refit-on", choices=("train+val", "train"), default="train+val",
+                   help="rows of the final refit of SVM/logistic heads after CV (default "
+                        "train+val; the MLP always uses val for early stopping)")
+    p.add_argument("--top-k", type=int, default=3, help="k of the top-k accuracy (default 3)")
+    p.add_argument("--no-views", action="store_true",
+                   help="ignore the cache's augmented views (extract --views K); by default heads "
+                        "train on every view of the training images, with grouped CV folds")
+    p.add_argument("--tta", action="store_true",
+                   help="score test images on the mean probability over their plain and "
+                        "augmented views (needs a cache made with --views K)")
+    return p
+
+
+def _mlp_args(p):
+    p.add_argument("--hidden", type=int, default=256, help="MLP hidden units (default 256)")
+    p.add_argument("--dropout", type=float, default=0.5, help="MLP dropout (default 0.5)")
+    p.add_argument("--epochs", type=int, default=200,
+                   help="maximum MLP epochs; early stopping on the val split (default 200)")
+    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (default 10)")
+
+
+def options(args) -> FitOptions:
+    if args.folds < 2:
+        raise UserError("--cv must be at least 2")
+    mlp = {}
+    for name, key in (("hidden", "hidden"), ("dropout", "dropout"), ("epochs", "max_epochs"),
+                      ("patience", "patience")):
+        if getattr(args, name, None) is not None:
+            mlp[key] = getattr(args, name)
+    return FitOptions(
+        features=args.features, layer=args.layer, out=args.out, report=args.report,
+        seed=args.seed, n_jobs=args.n_jobs,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        folds=args.folds, scaling=args.scaling, pca=parse_pca(args.pca), route=args.route,
+        max_memory_mb=args.max_memory_mb, refit_on=args.refit_on, top_k=args.top_k, mlp=mlp,
+        views=not args.no_views, tta=args.tta)
+
+
+# ---- fit-svm
+def add_svm_parser(sub):
+    p = sub.add_parser("fit-svm", help="fit a linear (or kernel) SVM head on a feature cache",
+                       description="Fit a StandardScaler -> [PCA] -> SVM pipeline on cached "
+                                   "features; C is chosen by stratified k-fold CV on the train "
+                                   "split; the test split is scored once. Probabilities of the "
+                                   "linear SVM are softmax(temperature x decision function).")
+    p.add_argument("--kernel", choices=("linear", "rbf", "poly"), default="linear",
+                   help="linear (default; transplantable onto the network) or a kernel SVM")
+    return _common(p, "svm.joblib")
+
+
+def run_svm(args, say):
+    kind = "svm" if args.kernel == "linear" else f"svm-{args.kernel}"
+    return fit_one(kind, options(args), say)
+
+
+# ---- fit-logistic
+def add_logistic_parser(sub):
+    p = sub.add_parser("fit-logistic", help="fit a multinomial logistic-regression head",
+                       description="Fit a StandardScaler -> [PCA] -> multinomial "
+                                   "LogisticRegression pipeline; C chosen by stratified k-fold CV "
+                                   "on the train split; the test split is scored once.")
+    return _common(p, "logistic.joblib")
+
+
+def run_logistic(args, say):
+    return fit_one("logistic", options(args), say)
+
+
+# ---- fit-mlp
+def add_mlp_parser(sub):
+    p = sub.add_parser("fit-mlp", help="fit a small dense head (Dense-ReLU-Dropout-softmax)",
+                       description="Train Dense(256, relu) -> Dropout -> softmax on the cached "
+                                   "features with Keras, early stopping on the cache's val split; "
+                                   "scored by k-fold CV on train and once on test. The weights are "
+                                   "stored as numpy arrays (transplantable by finetune).")
+    _mlp_args(p)
+    return _common(p, "mlp.joblib")
+
+
+def run_mlp(args, say):
+    return fit_one("mlp", options(args), say)
+
+
+# ---- fit
+def add_parser(sub):
+    p = sub.add_parser("fit", help="fit every head, keep the best by cross-validated score",
+                       description="Fit each head kind (--heads), rank them by stratified k-fold "
+                                   "CV accuracy on the train split, save the best and score only "
+                                   "it on the test split. Prints the ranked table.")
+    p.add_argument("--heads", default=",".join(DEFAULT_FIT_KINDS),
+                   help=f"comma-separated kinds among {', '.join(KINDS)} "
+                        f"(default {','.join(DEFAULT_FIT_KINDS)})")
+    _mlp_args(p)
+    return _common(p, "best.joblib")
+
+
+def run(args, say):
+    kinds = [k.strip() for k in args.heads.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise UserError(f"--heads {args.heads!r}: choose among {', '.join(KINDS)}")
+    return fit_best(options(args), kinds, say)

@@ -1,0 +1,1 @@
+"""Image input: folder scanning, decoding pipelines, augmentation, generated test sets."""

@@ -1,0 +1,271 @@
+"""Image input: scanning a class-per-folder tree, and a deterministic tf.data decode pipeline.
+
+Order is never shuffled and the last batch is kept, so features stay aligned with their paths.
+Images TensorFlow cannot decode get a second chance through Pillow (e.g. 1-bit BMP); what neither
+can read is reported as skipped, with the reason, and never stops a run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from features.errors import UserError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SPLIT_DIRS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
+
+
+@dataclass
+class ImageFolder:
+    """The images of a data folder in a fixed, sorted order, with their labels."""
+
+    root: str
+    paths: list[str]            # relative to root, '/'-separated
+    labels: np.ndarray          # int32 index into class_names
+    class_names: list[str]
+    split: np.ndarray | None    # codes when the tree is already split into train/val/test
+    n_ignored: int              # files that are not images by their extension
+
+    def absolute(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def walk_images(folder: str):
+    """Sorted image files below `folder` (recursively), and how many other files were seen."""
+    found, ignored = [], 0
+    for base, dirs, files in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if is_image_file(name):
+                found.append(os.path.join(base, name))
+            else:
+                ignored += 1
+    return found, ignored
+
+
+def _subdirs(folder: str) -> list[str]:
+    return sorted(d for d in os.listdir(folder)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
+
+
+def scan_folder(root: str) -> ImageFolder:
+    """List a class-per-folder tree, or a tree already split into train/ val/ test/ class folders."""
+    if not os.path.isdir(root):
+        raise UserError(f"--data {root!r} is not a folder; point it at a folder with one "
+                        "sub-folder of images per class")
+    root = os.path.abspath(root)
+    top = _subdirs(root)
+    presplit = bool(top) and "train" in [d.lower() for d in top] and all(
+        d.lower() in SPLIT_DIRS for d in top)
+    groups = [(d, SPLIT_DIRS[d.lower()]) for d in top] if presplit else [("", None)]
+    class_names = sorted({c for g, _ in groups for c in _subdirs(os.path.join(root, g))})
+    if not class_names:
+        raise UserError(f"{root} has no class sub-folders; expected e.g. {root}/cats/*.jpg and "
+                        f"{root}/dogs/*.jpg")
+    paths, labels, split, ignored = [], [], [], 0
+    for group, code in groups:
+        for label, name in enumerate(class_names):
+            folder = os.path.join(root, group, name)
+            if not os.path.isdir(folder):
+                continue
+            files, skipped = walk_images(folder)
+            ignored += skipped
+            for path in files:
+                paths.append(os.path.relpath(path, root).replace(os.sep, "/"))
+                labels.append(label)
+                split.append(code)
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return ImageFolder(root, paths, np.asarray(labels, dtype=np.int32), class_names,
+                       np.asarray(split, dtype=np.uint8) if presplit else None, ignored)
+
+
+def _decode(path):
+    from features.tf import tf
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _resize(image, image_size: int):
+    from features.tf import tf
+    return tf.image.resize(image, (image_size, image_size), method="bilinear")
+
+
+def _decode_resize(path, image_size: int):
+    return _resize(_decode(path), image_size)
+
+
+# Augmented views (extract --views K): ranges of the random resized crop, flip, rotation and
+# colour jitter. Each view's randomness is a pure function of (seed, image index, view number),
+# so views do not depend on batching, resumption or the order of the work.
+VIEW_AUGMENT = {"crop_area": (0.5, 1.0), "crop_aspect": (3 / 4, 4 / 3), "flip": 0.5,
+                "rotation_degrees": 10.0, "brightness": 0.15, "contrast": 0.2, "saturation": 0.2}
+
+
+def augmented_views(image, index, seed: int, views: int, image_size: int):
+    """(views, S, S, 3) float32 in [0, 255]: seeded augmented views of one decoded image."""
+    import math
+
+    from features.tf import tf
+    cfg = VIEW_AUGMENT
+    out = []
+    for v in range(views):
+        key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64) * 1024 + v * 8])
+
+        def sub(k, key=key):
+            return key + tf.constant([0, k], tf.int64)
+
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            tf.shape(image), tf.zeros([1, 0, 4], tf.float32), seed=sub(0),
+            min_object_covered=0.0, aspect_ratio_range=cfg["crop_aspect"],
+            area_range=cfg["crop_area"], use_image_if_no_bounding_boxes=True)
+        x = _resize(tf.slice(image, begin, size), image_size) / 255.0
+        flip = tf.random.stateless_uniform([], sub(1)) < cfg["flip"]
+        x = tf.where(flip, tf.image.flip_left_right(x), x)
+        angle = tf.random.stateless_uniform([], sub(2), -1.0, 1.0) * cfg["rotation_degrees"]
+        x = _rotate(x, angle * math.pi / 180.0)
+        x = tf.image.stateless_random_brightness(x, cfg["brightness"], sub(3))
+        x = tf.image.stateless_random_contrast(x, 1 - cfg["contrast"], 1 + cfg["contrast"], sub(4))
+        x = tf.image.stateless_random_saturation(x, 1 - cfg["saturation"],
+                                                 1 + cfg["saturation"], sub(5))
+        out.append(tf.clip_by_value(x, 0.0, 1.0) * 255.0)
+    return tf.stack(out)
+
+
+def _rotate(image, radians):
+    """Rotate an (S, S, 3) image about its centre, reflecting at the borders."""
+    from features.tf import tf
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    c, s = tf.cos(radians), tf.sin(radians)
+    centre = (size - 1) / 2
+    # output (x, y) samples input (c*x - s*y + a, s*x + c*y + b), keeping the centre fixed
+    a = centre - c * centre + s * centre
+    b = centre - s * centre - c * centre
+    transform = tf.stack([c, -s, a, s, c, b, 0.0, 0.0])[None]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+
+
+def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, views: int = 0,
+                  seed: int = 0):
+    """Batches of (plan index, float32 image in [0, 255][, views]) in input order; undecodable
+    images are dropped from the stream, and their missing indices tell the caller which."""
+    from features.tf import tf
+    def load(i, p):
+        image = _decode(p)
+        if views:
+            return i, _resize(image, image_size), augmented_views(image, i, seed, views,
+                                                                  image_size)
+        return i, _resize(image, image_size)
+
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(indices, dtype=np.int64),
+                                             np.asarray(paths, dtype=object).astype(str)))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+
+
+def decode_with_pillow(path: str):
+    """(uint8 RGB array, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file (0 bytes)"
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB")), None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return None, f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def load_views(path: str, views: int, image_size: int, seed: int = 0, index: int = 0):
+    """(views, S, S, 3) seeded augmented views of one file (as `extract --views`), or None."""
+    from features.tf import tf
+    try:
+        decoded = _decode(tf.constant(path))
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+        decoded, _ = decode_with_pillow(path) if os.path.exists(path) else (None, None)
+        if decoded is None:
+            return None
+    return augmented_views(decoded, index, seed, views, image_size).numpy()
+
+
+def load_with_pillow(path: str, image_size: int):
+    """(float32 image, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
+    array, reason = decode_with_pillow(path)
+    if array is None:
+        return None, reason
+    return _resize(array, image_size).numpy().astype(np.float32), None
+
+
+def load_batch(paths: list[str], image_size: int):
+    """Decode and resize a small list of files (for predict): (images, ok indices, [(i, reason)])."""
+    from features.tf import tf
+    images, ok, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(_decode_resize(tf.constant(path), image_size).numpy())
+            ok.append(i)
+            continue
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
+            pass
+        image, reason = load_with_pillow(path, image_size) if os.path.exists(path) else (
+            None, "no such file")
+        if image is None:
+            bad.append((i, reason))
+        else:
+            images.append(image)
+            ok.append(i)
+    shape = (0, image_size, image_size, 3)
+    return (np.stack(images) if images else np.zeros(shape, np.float32)), ok, bad
+
+
+def _decode_any(path):
+    """Decode in the graph, BMPs through Pillow (whose pixels equal TensorFlow's where both can)."""
+    from features.tf import tf
+    def pillow():
+        def load(p):
+            array, reason = decode_with_pillow(p.decode())
+            if array is None:
+                raise ValueError(reason)
+            return array
+
+        image = tf.numpy_function(load, [path], tf.uint8)
+        image.set_shape([None, None, 3])
+        return image
+
+    is_bmp = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.bmp")
+    return tf.cond(is_bmp, pillow, lambda: _decode(path))
+
+
+def labelled_dataset(paths: list[str], labels, image_size: int, batch_size: int, *,
+                     shuffle: bool = False, seed: int = 0, cache: bool = False):
+    """Batches of (float32 image in [0, 255], int32 label) for training and scoring.
+
+    The same decode+resize as extraction. With `shuffle` (the train split only) the order is
+    reshuffled every epoch from `seed`; otherwise it is the input order. `cache` keeps decoded
+    images in memory after the first pass (for small val/test sets scored every epoch).
+    BMP files go through Pillow (TensorFlow refuses some bit depths that extraction kept via its
+    Pillow fallback); undecodable images are dropped, as extraction dropped them.
+    """
+    from features.tf import tf
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object).astype(str),
+                                             np.asarray(labels, dtype=np.int32)))
+    if shuffle:
+        ds = ds.shuffle(max(1, len(paths)), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda p, y: (_resize(_decode_any(p), image_size), y),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()
+    if cache:
+        ds = ds.cache()
+    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,1 @@
+"""Exploration before committing to a route: `sweep` (which layer) and `advise` (which route)."""

@@ -1,0 +1,40 @@
+"""Reports of a fine-tuned network: stage 2's test report (features/report.py) and training curves."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def write_report(directory: str, y_true, probs, class_names, extra: dict | None = None) -> dict:
+    """Stage 2's report files (features/report.py: metrics.json, classification_report.txt,
+    confusion_matrix.png) for the network; returns {'test_accuracy', 'test_metrics'}."""
+    from features.report import classification_text, test_metrics
+    from features.report import write_report as write_stage2
+
+    metrics = test_metrics(y_true, probs, class_names)
+    write_stage2(directory, metrics=metrics, cv={}, text=classification_text(y_true, probs,
+                                                                            class_names),
+                 class_names=class_names, head=extra or {}, title="fine-tuned network")
+    return {"test_accuracy": metrics["accuracy"], "test_metrics": metrics}
+
+
+def plot_curves(path: str, history: list[dict]) -> None:
+    """Loss and accuracy per epoch, train and val, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    epochs = [row["epoch"] for row in history]
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [row[key] for row in history], "o-", label="train")
+        val = [row.get(f"val_{key}") for row in history]
+        if any(v is not None for v in val):
+            ax.plot(epochs, [np.nan if v is None else v for v in val], "o-", label="val")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Prediction and export: saved heads and fine-tuned networks as image -> probabilities."""

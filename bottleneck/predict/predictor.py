@@ -1,0 +1,126 @@
+"""Predictors: a saved model -> a callable images -> probabilities, with its class names and size.
+
+`load_predictor(path)` dispatches on the file kind: a head (.joblib, stage 2) runs the backbone its
+provenance names and the head on top; a fine-tuned network (.keras, stage 3) plugs in through
+`register_loader(".keras", fn)` or a `load_keras_predictor(path, weights)` in bottleneck.finetune.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from features.errors import UserError
+
+
+@dataclass
+class Predictor:
+    kind: str                                   # 'head' or 'keras'
+    path: str
+    class_names: list[str]
+    image_size: int
+    predict_images: Callable[[np.ndarray], np.ndarray]   # float32 (n, s, s, 3) in [0,255] -> (n, k)
+    info: dict
+
+
+_LOADERS: dict[str, Callable] = {}
+
+
+def register_loader(extension: str, loader: Callable) -> None:
+    """Let another stage add a model kind: loader(path, weights) -> Predictor."""
+    _LOADERS[extension.lower()] = loader
+
+
+def load_predictor(path: str, weights: str | None = None) -> Predictor:
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _LOADERS:
+        return _LOADERS[ext](path, weights)
+    if ext == ".joblib":
+        return load_head_predictor(path, weights)
+    if ext == ".keras":
+        try:
+            from bottleneck.finetune.run import load_keras_predictor
+        except ImportError:
+            raise UserError(f"{path}: predicting with a fine-tuned .keras model needs the finetune "
+                            "stage, which this installation does not have yet; pass a head "
+                            "(--model HEAD.joblib from `python cli.py fit`)") from None
+        return load_keras_predictor(path, weights)
+    raise UserError(f"--model {path}: expected a head (.joblib) or a fine-tuned network (.keras)")
+
+
+def head_features(outputs, prov: dict) -> np.ndarray:
+    """Flattened, concatenated features of a head's feature_layers from the network's outputs
+    (one per tap, in prov['layers'] order)."""
+    taps = list(prov["layers"])
+    parts = []
+    for layer in prov["feature_layers"]:
+        out = np.asarray(outputs[taps.index(layer)])
+        parts.append(out.reshape(len(out), -1))
+    return np.concatenate(parts, axis=1)
+
+
+def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
+    from bottleneck.backbones.network import (
+        compiled_forward,
+        feature_model_from_provenance,
+    )
+    from features.headfile import check_head_matches, load_head
+
+    bundle = load_head(path)
+    prov = bundle["provenance"]
+    model, taps = feature_model_from_provenance(prov, weights=weights, fold_bn=True)
+    net_prov = {**prov, "layers": [name for name, _ in taps]}
+    check_head_matches(bundle, net_prov)
+    forward = compiled_forward(model)
+    pipeline = bundle["pipeline"]
+
+    def predict_images(images):
+        outputs = [o.numpy() for o in forward(np.asarray(images, dtype=np.float32))]
+        return pipeline.predict_proba(head_features(outputs, prov))
+
+    info = {"head": bundle["kind"], "layer": prov["layer"], "backbone": prov["backbone"]}
+    if prov.get("weights") == "none":
+        info["warning"] = ("the head was fitted on features of a randomly initialised backbone "
+                           "(weights none, seeded): fine for testing the route, not for real use")
+    return Predictor("head", path, list(prov["class_names"]), int(prov["image_size"]),
+                     predict_images, info)
+
+
+def collect_images(inputs) -> list[str]:
+    """Image files named directly, or found (sorted, recursively) under folders."""
+    from bottleneck.data.images import walk_images
+
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found.extend(walk_images(item)[0])   # the same walk as extract's
+        else:
+            found.append(item)   # missing or unreadable files are reported per image
+    if not found:
+        raise UserError(f"no images found in {', '.join(inputs)}")
+    return found
+
+
+def predict_paths(predictor: Predictor, paths, batch_size: int = 32, tta: int = 0, seed: int = 0):
+    """Yield (path, probabilities or None, reason or None) for each path, in order.
+
+    With `tta` N, each image's probabilities are the mean over its plain view and N seeded
+    augmented views (the same augmentation as `extract --views`)."""
+    from bottleneck.data.images import load_batch, load_views
+
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images, ok, bad = load_batch(chunk, predictor.image_size)
+        proba = predictor.predict_images(images) if len(ok) else np.zeros((0, 0))
+        if tta and len(ok):
+            views = np.concatenate([load_views(chunk[i], tta, predictor.image_size, seed,
+                                               start + i) for i in ok])
+            extra = predictor.predict_images(views).reshape(len(ok), tta, -1)
+            proba = (proba + extra.sum(axis=1)) / (1 + tta)
+        rows = {i: proba[j] for j, i in enumerate(ok)}
+        reasons = dict(bad)
+        for i, path in enumerate(chunk):
+            yield path, rows.get(i), reasons.get(i)

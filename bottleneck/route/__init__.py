@@ -1,0 +1,1 @@
+"""The whole route in one call (`run`, `demo`) and its report."""

@@ -1,0 +1,39 @@
+"""TensorFlow and Keras, imported on first use and without their C++ start-up chatter.
+
+`from features.tf import keras, tf` is the one way this project imports them. Nothing is imported
+until a name is asked for (a PEP 562 module `__getattr__`), so a module that needs TensorFlow only
+inside a function costs nothing at start-up. TensorFlow's native logging starts before
+TF_CPP_MIN_LOG_LEVEL is read, so the import runs with file descriptor 2 pointed at /dev/null;
+Python exceptions from the import still propagate.
+"""
+
+from __future__ import annotations
+
+import os
+
+_loaded: dict = {}
+
+
+def _import_quietly() -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras
+        import tensorflow
+
+        tensorflow.config.list_physical_devices()  # runs the CUDA probe (and its log) now
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    return {"keras": keras, "tf": tensorflow}
+
+
+def __getattr__(name: str):
+    if name not in ("keras", "tf"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if not _loaded:
+        _loaded.update(_import_quietly())
+    return _loaded[name]
