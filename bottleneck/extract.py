@@ -2,6 +2,8 @@
 
 Work is journaled batch by batch (features/journal.py) so an interrupted run resumes where it
 stopped, and the cache appears under its final name only when complete (features/store.py).
+The run is planned first (`plan_extraction`: every flag checked, the network built, nothing
+written), then confirmed against an existing cache or journal, computed, and assembled.
 """
 
 from __future__ import annotations
@@ -10,37 +12,41 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 
 from bottleneck.backbones.network import (
+    POOLS,
+    PRECISIONS,
     build_feature_model,
     compiled_forward,
     default_layer_specs,
 )
 from bottleneck.backbones.registry import check_weights_arg, get_backbone, weights_id
-from bottleneck.data.images import (
-    augmented_views,
-    decode_with_pillow,
-    image_dataset,
-    scan_folder,
-)
+from bottleneck.data.augment import augmented_views
+from bottleneck.data.images import ImageFolder, decode_with_pillow, image_dataset, scan_folder
 from features.errors import UserError
 from features.journal import Journal
+from features.provenance import CONTENT_KEYS, Provenance
 from features.split import assign_split, split_counts
-from features.store import Cache, CacheConfig, write_cache
+from features.store import Cache, write_cache
 from features.versions import library_versions
 
+MAX_VIEWS = 128   # views are seeded by (seed, image index * 1024 + view * 8): keep them apart
 
-@dataclass
+
+@dataclass(frozen=True)
 class ExtractOptions:
+    """What `extract` is asked to do; checked when built, before any work."""
+
     data: str
     backbone: str = "vgg16"
     alpha: float | None = None
     weights: str = "imagenet"
     layers: tuple[str, ...] = ()
     pool: str = "avg"
-    image_size: int | None = None
+    image_size: int | None = None   # default: the backbone's own
     batch_size: int = 32
     test_size: float = 0.2
     val_size: float = 0.1
@@ -50,8 +56,35 @@ class ExtractOptions:
     precision: str = "float32"
     views: int = 0                  # augmented views per image, stored beside the plain view
     progress: bool = True
-    stop_after: int | None = None   # for tests: stop (as if killed) after this many batches
-    steady_rate: float | None = None  # set by the run: img/s after the first batch
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size}: must be at least 1")
+        if not 0 <= self.views <= MAX_VIEWS:
+            raise UserError(f"--views {self.views}: must be between 0 (plain view only) and "
+                            f"{MAX_VIEWS}")
+        if self.image_size is not None and self.image_size < 1:
+            raise UserError(f"--image-size {self.image_size}: must be a positive number of "
+                            "pixels (leave it out for the backbone's own size)")
+        if self.pool not in POOLS:
+            raise UserError(f"--pool {self.pool!r}: choose one of {', '.join(POOLS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision {self.precision!r}: choose one of "
+                            f"{', '.join(PRECISIONS)}")
+
+
+@dataclass
+class ExtractionPlan:
+    """Everything a run needs, decided before anything is written."""
+
+    opts: ExtractOptions
+    folder: ImageFolder
+    split: np.ndarray
+    model: object                   # the Keras feature model
+    provenance: Provenance
+    datasets: dict                  # 'features/<layer>' (and 'views/<layer>') -> row shape
+    out: str
+    weights: str | None             # what build_body loaded: None, 'imagenet' or a file path
 
 
 def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_size) -> str:
@@ -61,204 +94,240 @@ def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_si
     return os.path.join("features", f"{name}_{backbone}{width}_{layer}_{pool}_{image_size}.h5")
 
 
-def run_extract(opts: ExtractOptions, say=print) -> dict:
-    """Extract (or resume, or confirm) a cache; returns the run's summary as a dict."""
-    started = time.time()
+def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
+    """Check every input, scan the folder, split it and build the network; writes nothing."""
     row = get_backbone(opts.backbone)
     weights = check_weights_arg(opts.weights)
-    if opts.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if not 0 <= opts.views <= 128:
-        raise UserError("--views must be between 0 (plain view only) and 128")
+    alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
-    alpha = None if not row.alphas else float(opts.alpha if opts.alpha is not None else 1.0)
-    if opts.alpha is not None and not row.alphas and float(opts.alpha) != 1.0:
-        raise UserError(f"--alpha applies to mobilenet, mobilenetv2 and mobilenetv3*; {row.name} "
-                        "has no width multiplier: drop --alpha")
     folder = scan_folder(opts.data)
-    split = folder.split if folder.split is not None else assign_split(
+    presplit = folder.split is not None
+    split = folder.split if presplit else assign_split(
         folder.labels, test_size=opts.test_size, val_size=opts.val_size, seed=opts.seed)
-
     model, taps = build_feature_model(row, weights=weights, image_size=image_size, alpha=alpha,
                                       layer_specs=list(opts.layers) or default_layer_specs(row),
                                       pool=opts.pool, precision=opts.precision, fold_bn=True)
-    layer_names = [name for name, _ in taps]
-    datasets = {f"features/{n}": list(o.shape[1:]) for n, o in zip(layer_names, model.outputs)}
+    names = [name for name, _ in taps]
+    datasets = {f"features/{n}": list(o.shape[1:]) for n, o in zip(names, model.outputs)}
     if opts.views:
         datasets.update({f"views/{n}": [opts.views, *o.shape[1:]]
-                         for n, o in zip(layer_names, model.outputs)})
-    config = CacheConfig(
+                         for n, o in zip(names, model.outputs)})
+    provenance = Provenance(
         data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
-        image_size=image_size, pool=opts.pool, layers=tuple(layer_names),
+        image_size=image_size, pool=opts.pool, layers=tuple(names),
         layer_indices=tuple(i for _, i in taps), preprocess=row.preprocess,
-        precision=opts.precision, seed=opts.seed,
-        test_size=0.0 if folder.split is not None else opts.test_size,
-        val_size=0.0 if folder.split is not None else opts.val_size, views=opts.views)
-    out = opts.out or default_out_path(folder.root, row.name, alpha, layer_names, opts.pool,
-                                       image_size)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    journal = Journal(out)
+        precision=opts.precision, seed=opts.seed, class_names=tuple(folder.class_names),
+        test_size=0.0 if presplit else opts.test_size, val_size=0.0 if presplit else opts.val_size,
+        views=opts.views, versions=library_versions(),
+        weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
+    out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
+    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights)
 
-    if os.path.exists(out):
-        if opts.overwrite:
-            os.remove(out)
-        else:
-            with Cache(out) as existing:
-                diffs = config.differences(existing.config)
-                if diffs:
-                    raise UserError(f"{out} already holds a different cache ({'; '.join(diffs)}); "
-                                    "pass another --out, or --overwrite to replace it")
-                summary = existing.summary()
-                known = set(existing.paths) | {p for p, _ in existing.skipped}
-            journal.discard()
-            changed = len(set(folder.paths) ^ known)
-            if changed:
-                say(f"warning: {changed} image(s) were added to or removed from {folder.root} "
-                    "since this cache was made; --overwrite re-extracts them all")  # a run killed between the final rename and its clean-up
-            say(f"{out} is already complete for these settings; nothing to do "
-                "(--overwrite re-extracts).")
-            return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}
-    if journal.exists:
-        if opts.overwrite:
-            journal.discard()
-        else:
-            journal.check_matches(config.to_json())
-    if not journal.exists:
-        journal.start({
-            "config": config.to_json(), "class_names": folder.class_names,
-            "paths": folder.paths, "labels": folder.labels.tolist(), "split": split.tolist(),
-            "datasets": datasets,
-        })
-    plan = journal.plan
-    paths = plan["paths"]
-    n = len(paths)
+
+def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None] | None = None
+                ) -> dict:
+    """Extract (or resume, or confirm) a cache; returns the run's summary as a dict.
+
+    `on_batch(n)` is called after each journaled batch (n so far); an exception it raises
+    interrupts the run exactly as Ctrl-C would, leaving a resumable journal.
+    """
+    started = time.time()
+    plan = plan_extraction(opts)
+    os.makedirs(os.path.dirname(os.path.abspath(plan.out)), exist_ok=True)
+    journal = Journal(plan.out)
+    if os.path.exists(plan.out) and not opts.overwrite:
+        return _confirm_complete(plan, journal, say)
+    # with --overwrite the old cache stays in place until the new one replaces it, complete
+    _open_journal(plan, journal, say)
     done = journal.done()
-    resumed = done > 0
-    if resumed:
-        say(f"resuming {out}: {done} of {n} images already done")
-    elif folder.n_ignored:
-        say(f"ignoring {folder.n_ignored} file(s) that are not images")
+    computed, steady = _run_batches(plan, journal, start=done, say=say, on_batch=on_batch)
+    return _assemble(plan, journal, resumed=done > 0, computed=computed, steady=steady,
+                     seconds=time.time() - started)
 
-    computed = _run_batches(journal, model, paths, folder.root, image_size, opts, start=done,
-                            say=say)
-    if computed is None:
-        return {"interrupted": True, "path": out, "done": journal.done(), "n_planned": n}
 
+def _confirm_complete(plan: ExtractionPlan, journal: Journal, say) -> dict:
+    """The cache at `out` exists: the same settings mean nothing to do; others are refused."""
+    with Cache(plan.out) as existing:
+        diffs = plan.provenance.mismatches(existing.provenance(), CONTENT_KEYS,
+                                           mine="this run asks", theirs="the cache has")
+        if diffs:
+            raise UserError(f"{plan.out} already holds a different cache ({'; '.join(diffs)}); "
+                            "pass another --out, or --overwrite to replace it")
+        summary = existing.summary()
+        known = set(existing.paths) | {p for p, _ in existing.skipped}
+    journal.discard()   # a run killed between the final rename and its clean-up
+    changed = len(set(plan.folder.paths) ^ known)
+    if changed:
+        say(f"warning: {changed} image(s) were added to or removed from {plan.folder.root} "
+            "since this cache was made; --overwrite re-extracts them all")
+    say(f"{plan.out} is already complete for these settings; nothing to do "
+        "(--overwrite re-extracts).")
+    return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}
+
+
+def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
+    """Continue a matching journal, or start one with the plan's image list, labels and split."""
+    if journal.exists and plan.opts.overwrite:
+        journal.discard()
+    if journal.exists:
+        journal.check_matches(plan.provenance)
+    else:
+        journal.start({"provenance": plan.provenance.to_json(), "paths": plan.folder.paths,
+                       "labels": plan.folder.labels.tolist(), "split": plan.split.tolist(),
+                       "datasets": plan.datasets})
+    done = journal.done()
+    if done:
+        say(f"resuming {plan.out}: {done} of {len(journal.plan['paths'])} images already done")
+    elif plan.folder.n_ignored:
+        say(f"ignoring {plan.folder.n_ignored} file(s) that are not images")
+
+
+def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed: int,
+              steady: float | None, seconds: float) -> dict:
+    """Write the cache from the journal's batches, drop the journal, and summarise the run."""
+    saved = journal.plan
+    paths = saved["paths"]
     ok, skipped = journal.collect()
     if not ok:
-        raise UserError(f"none of the {n} images could be read; see {journal.dir} for details")
-    labels = np.asarray(plan["labels"])[ok]
-    write_cache(out, config, class_names=plan["class_names"], paths=[paths[i] for i in ok],
-                labels=labels, split=np.asarray(plan["split"], dtype=np.uint8)[ok],
-                shards=journal.iter_rows(list(plan["datasets"])), datasets=plan["datasets"],
+        raise UserError(f"none of the {len(paths)} images could be read; see {journal.dir} for "
+                        "details")
+    prov = journal.provenance()   # the run's own record (its class list, labels and split)
+    write_cache(plan.out, prov, paths=[paths[i] for i in ok],
+                labels=np.asarray(saved["labels"])[ok],
+                split=np.asarray(saved["split"], dtype=np.uint8)[ok],
+                shards=journal.iter_rows(list(saved["datasets"])), datasets=saved["datasets"],
                 skipped=[(paths[i], reason) for i, reason in skipped],
-                versions=library_versions(), created=datetime.now(timezone.utc).isoformat(),
-                weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
+                created=datetime.now(timezone.utc).isoformat())
     journal.discard()
-    seconds = time.time() - started
-    result = {
-        "path": out, "n_images": len(ok), "n_skipped": len(skipped), "n_computed": computed,
+    return {
+        "path": plan.out, "n_images": len(ok), "n_skipped": len(skipped), "n_computed": computed,
         "resumed": resumed, "already_complete": False, "seconds": round(seconds, 2),
         "images_per_second": round(computed / seconds, 2) if seconds else None,
-        "steady_images_per_second": round(opts.steady_rate, 2) if opts.steady_rate else None,
-        "file_mb": round(os.path.getsize(out) / 2**20, 3), "backbone": row.name, "alpha": alpha,
-        "weights": config.weights, "image_size": image_size, "pool": opts.pool,
-        "layers": layer_names, "views": opts.views,
-        "features": {k.split("/", 1)[1]: v for k, v in plan["datasets"].items()
+        "steady_images_per_second": round(steady, 2) if steady else None,
+        "file_mb": round(os.path.getsize(plan.out) / 2**20, 3), "backbone": prov.backbone,
+        "alpha": prov.alpha, "weights": prov.weights, "image_size": prov.image_size,
+        "pool": prov.pool, "layers": list(prov.layers), "views": prov.views,
+        "features": {k.split("/", 1)[1]: v for k, v in saved["datasets"].items()
                      if k.startswith("features/")},
-        "split": split_counts(np.asarray(plan["split"])[ok]), "classes": plan["class_names"],
+        "split": split_counts(np.asarray(saved["split"])[ok]), "classes": list(prov.class_names),
         "skipped": [{"path": paths[i], "reason": reason} for i, reason in skipped],
     }
-    return result
 
 
-def _run_batches(journal, model, paths, root, image_size, opts, *, start, say):
-    """Forward every image from plan index `start` on, saving one journal entry per batch.
+class _BatchRunner:
+    """Forward passes over one run's images, journaled batch by batch (the journal writes in a
+    background thread while the next batch computes)."""
 
-    Returns the number of images computed, or None when stopped early by `opts.stop_after`.
-    """
-    from tqdm import tqdm
+    def __init__(self, plan: ExtractionPlan, journal: Journal, start: int):
+        from features.tf import tf
 
-    from features.tf import tf
+        self.tf, self.plan, self.journal = tf, plan, journal
+        self.paths, self.root = journal.plan["paths"], plan.folder.root
+        self.size, self.views = plan.provenance.image_size, plan.opts.views
+        self.batch_size, self.seed = plan.opts.batch_size, plan.opts.seed
+        self.forward = compiled_forward(plan.model)
+        self.shapes = list(journal.plan["datasets"].values())
+        self.covered, self.computed = start, 0
+        self.writer, self.pending = journal.writer(), []
 
-    n = len(paths)
-    if start >= n:
-        return 0
-    forward = compiled_forward(model)
-    shapes = list(journal.plan["datasets"].values())
-    absolute = [os.path.join(root, p) for p in paths[start:]]
-    dataset = image_dataset(absolute, range(start, n), image_size, opts.batch_size,
-                            views=opts.views, seed=opts.seed)
-    bar = tqdm(total=n, initial=start, unit="img", desc="extract", disable=not opts.progress,
-               dynamic_ncols=True, smoothing=0.1)
-    covered, computed, batches = start, 0, 0
-    writer, pending = journal.writer(), []
-    steady = {}  # images and time after the first batch (tracing, warm-up) is done
-
-    def padded(x):
+    def padded(self, x):
         """`x` padded with zeros to a whole batch: one input shape for every call, so the last
         (or a fallback) batch reuses the compiled kernels instead of building new ones."""
-        short = opts.batch_size - int(x.shape[0])
-        return tf.concat([x, tf.zeros((short, *x.shape[1:]), x.dtype)], 0) if short > 0 else x
+        short = self.batch_size - int(x.shape[0])
+        if short <= 0:
+            return x
+        return self.tf.concat([x, self.tf.zeros((short, *x.shape[1:]), x.dtype)], 0)
 
-    def compute(images, views):
+    def compute(self, images, views) -> list[np.ndarray]:
         """Arrays for one batch, in the plan's dataset order: features/*, then views/*."""
         n = int(images.shape[0])
-        out = [f.numpy()[:n] for f in forward(padded(images))]
-        if opts.views:
-            flat = tf.reshape(padded(views), (-1, image_size, image_size, 3))
-            out += [f.numpy().reshape(-1, opts.views, *f.shape[1:])[:n] for f in forward(flat)]
+        out = [f.numpy()[:n] for f in self.forward(self.padded(images))]
+        if self.views:
+            flat = self.tf.reshape(self.padded(views), (-1, self.size, self.size, 3))
+            out += [f.numpy().reshape(-1, self.views, *f.shape[1:])[:n]
+                    for f in self.forward(flat)]
         return out
 
-    def finish(index, images, views, stop):
-        """Retry the images TF dropped in [covered, stop) with Pillow, then journal the batch."""
-        nonlocal covered, computed
-        index = list(index)
-        missing = sorted(set(range(covered, stop)) - set(index))
-        skipped_index, skipped_reason, extra_index, extra_images, extra_views = [], [], [], [], []
+    def pillow_fallback(self, missing: list[int]):
+        """Retry images TensorFlow dropped with Pillow: (index, images, views, skipped, reasons)."""
+        index, images, views, skipped, reasons = [], [], [], [], []
         for i in missing:
-            decoded, reason = decode_with_pillow(os.path.join(root, paths[i]))
+            decoded, reason = decode_with_pillow(os.path.join(self.root, self.paths[i]))
             if decoded is None:
-                skipped_index.append(i)
-                skipped_reason.append(reason)
+                skipped.append(i)
+                reasons.append(reason)
                 continue
-            extra_index.append(i)
-            extra_images.append(tf.image.resize(decoded, (image_size, image_size)))
-            if opts.views:
-                extra_views.append(augmented_views(decoded, i, opts.seed, opts.views, image_size))
-        arrays = compute(images, views) if len(index) else None
+            index.append(i)
+            images.append(self.tf.image.resize(decoded, (self.size, self.size)))
+            if self.views:
+                views.append(augmented_views(decoded, i, self.seed, self.views, self.size))
+        return index, images, views, skipped, reasons
+
+    def finish(self, index: list[int], images, views, stop: int) -> None:
+        """Journal plan items [covered, stop): the batch TF decoded plus Pillow's retries."""
+        missing = sorted(set(range(self.covered, stop)) - set(index))
+        extra_index, extra_images, extra_views, skipped, reasons = self.pillow_fallback(missing)
+        arrays = self.compute(images, views) if len(index) else None
         if extra_images:
-            extra = compute(tf.stack(extra_images), tf.stack(extra_views) if opts.views else None)
+            stack = self.tf.stack
+            extra = self.compute(stack(extra_images), stack(extra_views) if self.views else None)
             order = np.argsort(index + extra_index, kind="stable")
             arrays = extra if arrays is None else [np.concatenate([a, b])[order]
                                                    for a, b in zip(arrays, extra)]
             index = sorted(index + extra_index)
         if arrays is None:
-            arrays = [np.zeros((0, *shape), np.float32) for shape in shapes]
-        pending.append(writer.submit(journal.save_batch, stop, index, arrays, skipped_index,
-                                     skipped_reason))
-        while pending and pending[0].done():
-            pending.pop(0).result()  # re-raise a failed write (e.g. disk full) promptly
-        computed += len(index)
-        bar.update(stop - covered)
-        covered = stop
+            arrays = [np.zeros((0, *shape), np.float32) for shape in self.shapes]
+        self.pending.append(self.writer.submit(self.journal.save_batch, stop, index, arrays,
+                                               skipped, reasons))
+        while self.pending and self.pending[0].done():
+            self.pending.pop(0).result()   # re-raise a failed write (e.g. disk full) promptly
+        self.computed += len(index)
+        self.covered = stop
 
+    def close(self) -> None:
+        """Wait for every journal write; re-raise the first that failed."""
+        self.writer.shutdown(wait=True)
+        for future in self.pending:
+            future.result()
+
+
+def _run_batches(plan: ExtractionPlan, journal: Journal, *, start: int, say, on_batch=None):
+    """Forward every image from plan index `start` on. Returns (images computed, steady img/s
+    after the first batch, or None)."""
+    from tqdm import tqdm
+
+    n = len(journal.plan["paths"])
+    if start >= n:
+        return 0, None
+    runner = _BatchRunner(plan, journal, start)
+    absolute = [os.path.join(runner.root, p) for p in runner.paths[start:]]
+    dataset = image_dataset(absolute, range(start, n), runner.size, runner.batch_size,
+                            views=runner.views, seed=runner.seed)
+    bar = tqdm(total=n, initial=start, unit="img", desc="extract",
+               disable=not plan.opts.progress, dynamic_ncols=True, smoothing=0.1)
+    batches, steady_from = 0, None
     try:
         for index, images, *views in dataset:
-            index = index.numpy()
-            finish(index.tolist(), images, views[0] if views else None, int(index[-1]) + 1)
+            index = index.numpy().tolist()
+            before = runner.covered
+            runner.finish(index, images, views[0] if views else None, index[-1] + 1)
+            bar.update(runner.covered - before)
             batches += 1
-            if batches == 1:
-                steady.update(start=time.perf_counter(), computed=computed)
-            if opts.stop_after is not None and batches >= opts.stop_after:
-                return None
-        if covered < n:
-            finish([], None, None, n)
+            if batches == 1:   # tracing and warm-up are done: time the steady rate from here
+                steady_from = (time.perf_counter(), runner.computed)
+            if on_batch is not None:
+                on_batch(batches)
+        if runner.covered < n:
+            before = runner.covered
+            runner.finish([], None, None, n)
+            bar.update(n - before)
     finally:
-        writer.shutdown(wait=True)
+        runner.close()
         bar.close()
-    for future in pending:
-        future.result()
-    if steady and computed > steady["computed"]:
-        opts.steady_rate = (computed - steady["computed"]) / (time.perf_counter() - steady["start"])
-    return computed
+    return runner.computed, _steady_rate(steady_from, runner.computed)
+
+
+def _steady_rate(steady_from, computed: int) -> float | None:
+    if steady_from is None or computed <= steady_from[1]:
+        return None
+    return (computed - steady_from[1]) / (time.perf_counter() - steady_from[0])

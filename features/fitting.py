@@ -12,20 +12,11 @@ import numpy as np
 
 from features.errors import UserError
 from features.headfile import make_bundle, save_head
-from features.heads import (
-    KINDS,
-    LINEAR_KINDS,
-    check_labels,
-    feature_dim,
-    fit_head,
-    load_features,
-    resolve_layers,
-)
+from features.heads import KINDS, LINEAR_KINDS, check_labels, fit_head
 from features.outofcore import (
     block_rows_for,
     default_memory_budget_mb,
     fit_sgd_outofcore,
-    iter_blocks,
     memory_estimate_mb,
 )
 from features.report import classification_text, test_metrics, write_report
@@ -78,7 +69,7 @@ class _Data:
 
     def __init__(self, cache: Cache, opts: FitOptions, say):
         self.cache = cache
-        self.layer, self.layers = resolve_layers(cache, opts.layer)
+        self.layer, self.layers = cache.select_layers(opts.layer)
         check_labels(np.unique(cache.labels), cache.class_names, where="cache")
         self.train = np.flatnonzero(cache.split_mask("train"))
         self.val = np.flatnonzero(cache.split_mask("val"))
@@ -87,7 +78,7 @@ class _Data:
             raise UserError(f"{cache.path} has no training images; re-extract with smaller "
                             "--test-size/--val-size")
         check_labels(cache.labels[self.train], cache.class_names)
-        self.dim = feature_dim(cache, self.layers)
+        self.dim = cache.feature_dim(self.layers)
         self.views = cache.n_views if opts.views else 0
         if opts.tta and not cache.n_views:
             raise UserError("--tta needs augmented views in the cache; re-extract with "
@@ -112,19 +103,18 @@ class _Data:
         its plain and K augmented rows, and `groups` names the image of each row."""
         if self._xy is None:
             c = self.cache
-            X, y, groups = load_features(c, self.layers, self.train), c.labels[self.train], None
+            X, y, groups = c.features(self.layers, self.train), c.labels[self.train], None
             if self.views:
                 stacked = np.concatenate([X[:, None], self.view_rows(self.train)], axis=1)
                 X = stacked.reshape(-1, stacked.shape[-1])
                 y = np.repeat(y, 1 + self.views)
                 groups = np.repeat(self.train, 1 + self.views)
-            self._xy = (X, y, load_features(c, self.layers, self.val), c.labels[self.val], groups)
+            self._xy = (X, y, c.features(self.layers, self.val), c.labels[self.val], groups)
         return self._xy
 
     def view_rows(self, rows) -> np.ndarray:
         """(n, K, D): the augmented views of `rows`, layers concatenated like the plain view."""
-        return np.concatenate([self.cache.view_features(layer, rows) for layer in self.layers],
-                              axis=2)
+        return self.cache.views(self.layers, rows)
 
 
 def _fit_kind(kind, data: _Data, opts: FitOptions, say):
@@ -164,12 +154,12 @@ def _score_test(pipeline, data: _Data, opts: FitOptions):
         return None, "", None, None
     if data.route == "out-of-core":
         parts, ys = [], []
-        for idx, X in iter_blocks(cache, data.layers, data.test, block_rows_for(data.dim)):
+        for idx, X in cache.iter_chunks(data.layers, data.test, block_rows_for(data.dim)):
             parts.append(pipeline.predict_proba(X))
             ys.append(cache.labels[idx])
         proba, y = np.concatenate(parts), np.concatenate(ys)
     else:
-        proba = pipeline.predict_proba(load_features(cache, data.layers, data.test))
+        proba = pipeline.predict_proba(cache.features(data.layers, data.test))
         if data.tta:   # the mean over the plain view and every augmented view
             views = data.view_rows(data.test)
             for k in range(views.shape[1]):
@@ -194,11 +184,11 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
               "refit_on": info.get("refit_on"), "fit_seconds": info["fit_seconds"]}
     if table is not None:
         scores["ranking"] = table
-    bundle = make_bundle(kind, pipeline, cache.provenance(), data.layer, data.layers, scores)
-    bundle["provenance"]["head_options"] = {
-        "scaling": info.get("scaling"), "pca": info.get("pca"), "class_weight": opts.class_weight,
-        "seed": opts.seed, "folds": info["folds"], "best_params": info["best_params"]}
-    save_head(out, bundle)
+    options = {"scaling": info.get("scaling"), "pca": info.get("pca"),
+               "class_weight": opts.class_weight, "seed": opts.seed, "folds": info["folds"],
+               "best_params": info["best_params"]}
+    save_head(out, make_bundle(kind, pipeline, cache.provenance(), data.layer, data.layers,
+                               scores, options))
     summary = {
         "head": kind, "path": out, "route": info["route"],
         "test_accuracy": None if metrics is None else metrics["accuracy"],

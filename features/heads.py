@@ -28,6 +28,8 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.errors import UserError
 
@@ -120,20 +122,38 @@ def cv_temperature(make_svc, X, y, classes, folds, random_state, groups=None) ->
     return fit_temperature(decision, y_index)
 
 
+def checked_input(estimator, X) -> np.ndarray:
+    """X for a fitted estimator's predict-side method: sklearn's own checks (fitted, 2-D, finite,
+    dense, the width it was fitted on)."""
+    check_is_fitted(estimator)
+    return validate_data(estimator, X, reset=False)
+
+
+def checked_training_data(estimator, X, y):
+    """(X, y) for fit: sklearn's own checks (2-D finite dense X, 1-D classification y, equal
+    lengths); records n_features_in_."""
+    X, y = validate_data(estimator, X, y)
+    check_classification_targets(y)
+    return X, y
+
+
 class TemperedSoftmaxMixin:
     """predict_proba = softmax(temperature_ * logits(decision_function)); predict = its argmax."""
 
     def predict_proba(self, X):
-        return softmax(self.temperature_ * as_logits(self.decision_function(X)))
+        decision = self.decision_function(X)
+        return softmax(self.temperature_ * as_logits(decision))
 
     def predict(self, X):
-        return self.classes_[np.argmax(as_logits(self.decision_function(X)), axis=1)]
+        decision = self.decision_function(X)
+        return self.classes_[np.argmax(as_logits(decision), axis=1)]
 
 
 class SoftmaxLinearMixin(TemperedSoftmaxMixin):
     """A tempered-softmax model that is linear, hence expressible as one Dense layer."""
 
     def decision_function(self, X):
+        X = checked_input(self, X)
         out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
         return out.ravel() if out.shape[1] == 1 else out
 
@@ -165,11 +185,12 @@ class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
                          random_state=self.random_state)
 
     def fit(self, X, y, groups=None):
+        X, y = checked_training_data(self, X, y)
         with quiet_convergence():
             svc = self._svc().fit(X, y)
             self.classes_ = svc.classes_
             self.coef_, self.intercept_ = svc.coef_, svc.intercept_
-            self.n_features_in_ = svc.n_features_in_
+            self.n_iter_ = svc.n_iter_
             self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
                                                self.temperature_cv, self.random_state, groups)
         return self
@@ -197,14 +218,15 @@ class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
                    random_state=self.random_state)
 
     def fit(self, X, y, groups=None):
+        X, y = checked_training_data(self, X, y)
         self.svc_ = self._svc().fit(X, y)
         self.classes_ = self.svc_.classes_
-        self.n_features_in_ = self.svc_.n_features_in_
         self.temperature_ = cv_temperature(self._svc, X, y, self.classes_, self.temperature_cv,
                                            self.random_state, groups)
         return self
 
     def decision_function(self, X):
+        X = checked_input(self, X)
         return self.svc_.decision_function(X)
 
 
@@ -226,6 +248,7 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
                              average=True)
 
     def fit(self, X, y, groups=None):
+        X, y = checked_training_data(self, X, y)
         with quiet_convergence():
             return self._fit(X, y, groups)
 
@@ -271,10 +294,14 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
-
         from features.tf import keras
+
+        X, y = checked_training_data(self, X, y)
         X = np.asarray(X, dtype=np.float32)
         self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError("NumpyMLP needs samples of at least 2 classes in the data, but the "
+                             f"data contains only one class: {self.classes_[0]!r}")
         k = max(2, len(self.classes_))
         y_index = np.searchsorted(self.classes_, y)
         if X_val is None or len(X_val) == 0:
@@ -301,6 +328,9 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         if self.class_weight == "balanced":
             counts = np.bincount(y_index, minlength=k).astype(float)
             weights = {i: len(y_index) / (k * c) for i, c in enumerate(counts) if c}
+        elif isinstance(self.class_weight, dict):   # {class label: weight}, as scikit-learn's
+            weights = {i: float(self.class_weight.get(c, 1.0))
+                       for i, c in enumerate(self.classes_)}
         stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
                                              restore_best_weights=True)
         history = model.fit(X, y_index, validation_data=(np.asarray(X_val, np.float32), yv_index),
@@ -320,19 +350,25 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         if groups is None:
             from sklearn.model_selection import train_test_split
 
-            return train_test_split(np.arange(len(y_index)), test_size=0.1, stratify=y_index,
+            n_classes = len(np.unique(y_index))
+            n_held = max(n_classes, int(np.ceil(0.1 * len(y_index))))
+            if len(y_index) - n_held < n_classes:
+                return None
+            return train_test_split(np.arange(len(y_index)), test_size=n_held, stratify=y_index,
                                     random_state=self.random_state)[1]
         cv = held_out_splitter(y_index, min(10, smallest_class(y_index, groups)),
                                self.random_state, groups)
         return None if cv is None else next(cv.split(y_index, y_index, groups))[1]
 
     def predict_proba(self, X):
+        X = checked_input(self, X)
         w1, b1, w2, b2 = self.weights_
         h = np.maximum(np.asarray(X, dtype=np.float64) @ w1 + b1, 0.0)
         return softmax(h @ w2 + b2)
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -604,36 +640,3 @@ def apply_layer_spec(spec: list[dict], X) -> np.ndarray:
         else:
             raise ValueError(f"unknown op {op['op']!r}")
     return x
-
-
-# --------------------------------------------------------------------------- cache access
-
-def resolve_layers(cache, layer: str | None) -> tuple[str, list[str]]:
-    """('the --layer value as recorded', [cache layers to concatenate, in order])."""
-    if layer in (None, ""):
-        if len(cache.layers) == 1:
-            return cache.layers[0], [cache.layers[0]]
-        return "all", list(cache.layers)
-    if layer == "all":
-        return "all", list(cache.layers)
-    wanted = [part for part in layer.split(",") if part]
-    for name in wanted:
-        if name not in cache.layers:
-            raise UserError(f"--layer {name!r} is not in {cache.path}; it holds: "
-                            f"{', '.join(cache.layers)} (or pass --layer all)")
-    return layer, wanted
-
-
-def feature_dim(cache, layers) -> int:
-    return int(sum(cache.feature_dim(layer) for layer in layers))
-
-
-def load_features(cache, layers, rows) -> np.ndarray:
-    """Concatenated, flattened float32 features of `rows` (sorted indices or a mask)."""
-    rows = np.asarray(rows)
-    if rows.dtype == bool:
-        rows = np.flatnonzero(rows)
-    rows = np.sort(rows)
-    if not len(rows):
-        return np.zeros((0, feature_dim(cache, layers)), np.float32)
-    return np.concatenate([cache.features(layer, rows) for layer in layers], axis=1)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import shutil
 
 import numpy as np
 
+from features.atomic import atomic_path, write_json
 from features.errors import UserError
+from features.provenance import CONTENT_KEYS, Provenance
 
 
 class Journal:
@@ -35,10 +38,7 @@ class Journal:
     def start(self, plan: dict) -> None:
         """Begin a fresh journal for `plan` (any older one must have been discarded first)."""
         os.makedirs(self.dir, exist_ok=True)
-        tmp = os.path.join(self.dir, "plan.json.tmp")
-        with open(tmp, "w") as handle:
-            json.dump(plan, handle)
-        os.replace(tmp, os.path.join(self.dir, "plan.json"))
+        write_json(os.path.join(self.dir, "plan.json"), plan)
         self.plan = plan
 
     def discard(self) -> None:
@@ -52,7 +52,9 @@ class Journal:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
     def _shards(self) -> list[str]:
-        return sorted(glob.glob(os.path.join(self.dir, "upto_*.npz")))
+        # finished batches only: a killed write's temporary (upto_N.tmp.npz) is not one
+        return sorted(p for p in glob.glob(os.path.join(self.dir, "upto_*.npz"))
+                      if re.fullmatch(r"upto_\d+\.npz", os.path.basename(p)))
 
     def done(self) -> int:
         """How many plan items (in order) are finished: everything before this index."""
@@ -65,12 +67,10 @@ class Journal:
         `arrays` holds one array per dataset of the plan, in the plan's order."""
         path = os.path.join(self.dir, f"upto_{stop:010d}.npz")
         arrays = {f"f{i}": np.asarray(f, dtype=np.float32) for i, f in enumerate(arrays)}
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as handle:
-            np.savez(handle, index=np.asarray(index, dtype=np.int64),
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:   # no fsync: a killed process
+            np.savez(handle, index=np.asarray(index, dtype=np.int64),   # loses nothing the OS holds
                      skipped_index=np.asarray(skipped_index, dtype=np.int64),
                      skipped_reason=np.asarray(skipped_reason, dtype=str), **arrays)
-        os.replace(tmp, path)  # no fsync: a killed process loses nothing the OS already holds
 
     def collect(self):
         """(ok plan indices in order, [(plan index, reason)] skipped) over all finished batches."""
@@ -92,11 +92,19 @@ class Journal:
                     yield row, {name: shard[f"f{i}"] for i, name in enumerate(names)}
                 row += count
 
-    def check_matches(self, config_json: dict) -> None:
-        plan = self.load_plan()
-        if plan["config"] != config_json:
-            diffs = [f"{k}: {plan['config'].get(k)!r} -> {v!r}" for k, v in config_json.items()
-                     if plan["config"].get(k) != v]
+    def provenance(self) -> Provenance:
+        """The run's provenance as the plan recorded it (journals written before provenance was
+        one record kept it as 'config' plus 'class_names')."""
+        plan = self.plan or self.load_plan()
+        data = plan.get("provenance") or {**plan["config"], "class_names": plan["class_names"]}
+        return Provenance.from_json(data)
+
+    def check_matches(self, provenance: Provenance) -> None:
+        """Refuse to resume a journal whose run had other settings."""
+        self.load_plan()
+        diffs = self.provenance().mismatches(provenance, CONTENT_KEYS, mine="interrupted run",
+                                             theirs="this run")
+        if diffs:
             raise UserError(f"an interrupted extraction into {self.out_path} used other settings "
                             f"({'; '.join(diffs)}); re-run it as it was to resume, or add "
                             "--overwrite to start over")

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from features.heads import TemperedSGD, cv_splitter, fit_temperature, load_features
+from features.heads import TemperedSGD, cv_splitter, fit_temperature
 
 ALPHAS = (1e-4, 1e-3, 1e-2)
 
@@ -37,21 +37,6 @@ def default_memory_budget_mb() -> float:
         return 2048.0
 
 
-def iter_blocks(cache, layers, rows, block_rows: int, rng=None):
-    """Yield (rows, features) over `rows` (sorted cache indices), a block of cache rows at a time
-    (blocks in random order when `rng` is given)."""
-    rows = np.sort(np.asarray(rows))
-    if not len(rows):
-        return
-    starts = np.arange(0, int(rows[-1]) + 1, block_rows)
-    if rng is not None:
-        starts = rng.permutation(starts)
-    for start in starts:
-        idx = rows[(rows >= start) & (rows < start + block_rows)]
-        if len(idx):
-            yield idx, load_features(cache, layers, idx)
-
-
 def block_rows_for(dim: int, block_mb: float = 32.0) -> int:
     return int(max(16, min(65536, block_mb * 2**20 // (4 * max(1, dim)))))
 
@@ -67,7 +52,7 @@ def fit_sgd_outofcore(cache, layers, train_rows, val_rows=(), *, alphas=ALPHAS, 
     val_rows = np.sort(np.asarray(val_rows, dtype=int))
     labels = np.asarray(cache.labels)
     classes = np.arange(len(cache.class_names))
-    dim = sum(cache.feature_dim(layer) for layer in layers)
+    dim = cache.feature_dim(layers)
     block = block_rows_for(dim, block_mb)
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(np.concatenate([train_rows, val_rows])) if (
@@ -82,7 +67,7 @@ def fit_sgd_outofcore(cache, layers, train_rows, val_rows=(), *, alphas=ALPHAS, 
         return per_class[y]
 
     scaler = StandardScaler()
-    for _, X in iter_blocks(cache, layers, fit_rows, block):
+    for _, X in cache.iter_chunks(layers, fit_rows, block):
         scaler.partial_fit(X)
 
     y_train = labels[train_rows]
@@ -98,7 +83,7 @@ def fit_sgd_outofcore(cache, layers, train_rows, val_rows=(), *, alphas=ALPHAS, 
 
     models = {(a, f): new_model(a) for a in alphas for f in range(n_folds)}
     for epoch in range(epochs):
-        for idx, X in iter_blocks(cache, layers, train_rows, block, rng):
+        for idx, X in cache.iter_chunks(layers, train_rows, block, rng):
             order = rng.permutation(len(idx))
             idx, X = idx[order], scaler.transform(X[order])
             y = labels[idx]
@@ -115,7 +100,7 @@ def fit_sgd_outofcore(cache, layers, train_rows, val_rows=(), *, alphas=ALPHAS, 
     correct = {key: 0 for key in models}
     total = np.bincount(fold_of, minlength=n_folds)
     held_decisions = {a: [] for a in alphas}
-    for idx, X in iter_blocks(cache, layers, train_rows, block):
+    for idx, X in cache.iter_chunks(layers, train_rows, block):
         X = scaler.transform(X)
         y = labels[idx]
         f_idx = np.array([fold_by_row[i] for i in idx])
@@ -139,7 +124,7 @@ def fit_sgd_outofcore(cache, layers, train_rows, val_rows=(), *, alphas=ALPHAS, 
 
     final = new_model(alpha)
     for epoch in range(epochs):
-        for idx, X in iter_blocks(cache, layers, fit_rows, block, rng):
+        for idx, X in cache.iter_chunks(layers, fit_rows, block, rng):
             order = rng.permutation(len(idx))
             idx, X = idx[order], scaler.transform(X[order])
             y = labels[idx]

@@ -15,8 +15,12 @@ Layout of one cache file (FORMAT_VERSION 1)::
            versions, created, n_images, weights_path (where a local weights file was read;
            its identity is the sha256 in 'weights')
 
-A file only exists under its final name once it is complete (written to a temporary name and
-renamed), and readers also check attrs['complete'].
+The attributes other than format_version, complete, created and n_images are the cache's
+`Provenance` (features/provenance.py). A file only exists under its final name once it is complete
+(written to a temporary name and renamed), and readers also check attrs['complete'].
+
+`Cache` is the one reader: `features(layers, rows)` for one layer or several concatenated,
+`views(layers, rows)` for the augmented views, `iter_chunks(layers, rows)` to stream.
 """
 
 from __future__ import annotations
@@ -24,55 +28,19 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import asdict, dataclass
 
 import h5py
 import numpy as np
 
+from features.atomic import atomic_path
 from features.errors import UserError
+from features.provenance import Provenance
 from features.split import SPLIT_NAMES
 
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")
 _JSON_ATTRS = ("class_names", "layers", "layer_indices", "versions")
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """What determines a cache's contents: two runs with equal configs produce equal files."""
-
-    data_dir: str
-    backbone: str
-    alpha: float | None
-    weights: str          # 'imagenet', 'none' or 'sha256:...'
-    image_size: int
-    pool: str
-    layers: tuple[str, ...]
-    layer_indices: tuple[int, ...]
-    preprocess: str
-    precision: str
-    seed: int
-    test_size: float
-    val_size: float
-    views: int = 0        # augmented views per image (seeded by `seed`), besides the plain one
-
-    def to_json(self) -> dict:
-        out = asdict(self)
-        out["layers"] = list(self.layers)
-        out["layer_indices"] = list(self.layer_indices)
-        return out
-
-    def differences(self, other: "CacheConfig") -> list[str]:
-        mine, theirs = self.to_json(), other.to_json()
-        return [f"{k}: cache has {theirs[k]!r}, this run asks {mine[k]!r}"
-                for k in mine if mine[k] != theirs[k]]
-
-    @classmethod
-    def from_json(cls, data: dict) -> "CacheConfig":
-        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        fields["layers"] = tuple(fields["layers"])
-        fields["layer_indices"] = tuple(int(i) for i in fields["layer_indices"])
-        return cls(**fields)
+_NOT_STORED = ("cache_path", "layer", "feature_layers", "head_options")  # a head's, or the path
 
 
 def _chunk_rows(row_shape) -> int:
@@ -81,9 +49,8 @@ def _chunk_rows(row_shape) -> int:
     return int(max(1, min(4096, (1 << 20) // row_bytes)))
 
 
-def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, split, shards,
-                datasets: dict, skipped, versions: dict, created: str,
-                weights_path: str | None = None) -> None:
+def write_cache(path: str, provenance: Provenance, *, paths, labels, split, shards,
+                datasets: dict, skipped, created: str) -> None:
     """Write a complete cache atomically from `shards`, an iterable of (row_start, {name: array}).
 
     `datasets` maps each array name ('features/<layer>', 'views/<layer>') to its row shape.
@@ -91,8 +58,7 @@ def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, s
     rename makes the file visible under `path`.
     """
     n = len(paths)
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_group("features")
         dsets = {}
         for name, shape in datasets.items():
@@ -119,62 +85,43 @@ def write_cache(path: str, config: CacheConfig, *, class_names, paths, labels, s
             written += count
         if written != n:
             raise RuntimeError(f"cache incomplete: {written} of {n} rows written")
-        attrs = config.to_json()
-        attrs.update(class_names=list(class_names), versions=versions, created=created,
-                     n_images=n, format_version=FORMAT_VERSION, weights_path=weights_path or "")
-        for key, value in attrs.items():
-            if key in _JSON_ATTRS:
-                value = json.dumps(value)
-            elif value is None:
-                value = "none"
-            f.attrs[key] = value
-        f.attrs["complete"] = True
-    os.replace(tmp, path)
+        _write_attrs(f, provenance, created=created, n_images=n)
+
+
+def _write_attrs(f, provenance: Provenance, **extra) -> None:
+    attrs = {k: v for k, v in provenance.to_json().items() if k not in _NOT_STORED}
+    attrs.update(extra, format_version=FORMAT_VERSION, weights_path=provenance.weights_path or "")
+    for key, value in attrs.items():
+        if key in _JSON_ATTRS:
+            value = json.dumps(value)
+        elif value is None:
+            value = "none"
+        f.attrs[key] = value
+    f.attrs["complete"] = True
 
 
 class Cache:
     """Read access to a complete cache; features are read lazily and can be streamed in chunks."""
 
     def __init__(self, path: str):
-        if not os.path.isfile(path):
-            partial = os.path.isdir(path + ".partial")
-            hint = (" (an interrupted extraction is waiting: re-run the same extract command to "
-                    "finish it)") if partial else ""
-            raise UserError(f"no feature cache at {path}{hint}")
-        try:
-            self._file = h5py.File(path, "r")
-        except OSError as exc:
-            raise UserError(f"{path} is not a readable HDF5 file ({exc})") from exc
         self.path = path
-        attrs = dict(self._file.attrs)
-        if not attrs.get("complete") or attrs.get("format_version") is None:
-            self.close()
-            raise UserError(f"{path} is not a complete bottleneck cache; re-run extract")
-        if int(attrs["format_version"]) > FORMAT_VERSION:
-            self.close()
-            raise UserError(f"{path} was written by a newer bottleneck (format "
-                            f"{attrs['format_version']}); upgrade to read it")
+        self._file = _open_h5(path)
         try:
-            for key in _JSON_ATTRS:
-                attrs[key] = json.loads(attrs[key])
-            for name in ("labels", "split", "paths", "features"):
-                self._file[name]
+            self.attrs = _read_attrs(self._file, path)
+            self._provenance = Provenance.from_json(
+                {**self.attrs, "cache_path": os.path.abspath(path)})
         except (KeyError, ValueError, TypeError) as exc:
             self.close()
             raise UserError(f"{path} lacks part of the cache layout ({exc}); re-run extract "
                             "with --overwrite") from exc
-        for key, value in list(attrs.items()):
-            if isinstance(value, np.generic):
-                attrs[key] = value.item()
-        if attrs.get("alpha") == "none":
-            attrs["alpha"] = None
-        self.attrs = attrs
-        self.config = CacheConfig.from_json(attrs)
-        self.class_names = list(attrs["class_names"])
-        self.layers = list(attrs["layers"])
+        except UserError:
+            self.close()
+            raise
+        self.class_names = list(self._provenance.class_names)
+        self.layers = list(self._provenance.layers)
         self.labels = self._file["labels"][:]
         self.split = self._file["split"][:]
-        self.paths = [p.decode() if isinstance(p, bytes) else p for p in self._file["paths"][:]]
+        self.paths = [_text(p) for p in self._file["paths"][:]]
 
     def __enter__(self):
         return self
@@ -188,83 +135,101 @@ class Cache:
     def __len__(self):
         return len(self.labels)
 
+    def provenance(self) -> Provenance:
+        """What a head fitted on this cache carries to rebuild its network (and to be checked)."""
+        return self._provenance
+
     @property
     def skipped(self) -> list[tuple[str, str]]:
         group = self._file["skipped"]
-        return [(p.decode() if isinstance(p, bytes) else p, r.decode() if isinstance(r, bytes) else r)
-                for p, r in zip(group["paths"][:], group["reasons"][:])]
-
-    def dataset(self, layer: str) -> h5py.Dataset:
-        if layer not in self._file["features"]:
-            raise UserError(f"layer {layer!r} is not in {self.path}; it holds: {', '.join(self.layers)}")
-        return self._file["features"][layer]
+        return [(_text(p), _text(r)) for p, r in zip(group["paths"][:], group["reasons"][:])]
 
     @property
     def n_views(self) -> int:
-        return int(self.attrs.get("views", 0) or 0)
-
-    def view_features(self, layer: str, rows=None) -> np.ndarray:
-        """Augmented views of `layer` for `rows`: (n, K, D) flattened per view; K may be 0."""
-        n = len(self) if rows is None else int(np.asarray(rows).sum() if np.asarray(rows).dtype
-                                                 == bool else len(rows))
-        if not self.n_views:
-            return np.empty((n, 0, self.feature_dim(layer)), np.float32)
-        self.dataset(layer)  # a clear error for an unknown layer
-        dset = self._file["views"][layer]
-        if rows is None:
-            data = dset[:]
-        else:
-            rows = np.asarray(rows)
-            rows = np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows)
-            data = dset[rows] if len(rows) else np.empty((0, *dset.shape[1:]), np.float32)
-        return data.reshape(len(data), data.shape[1], self.feature_dim(layer))
-
-    def feature_dim(self, layer: str) -> int:
-        return int(np.prod(self.dataset(layer).shape[1:]))
-
-    def features(self, layer: str, rows=None, flatten: bool = True) -> np.ndarray:
-        """Features of `layer` for `rows` (a boolean mask or sorted indices; all by default)."""
-        dset = self.dataset(layer)
-        if rows is None:
-            data = dset[:]
-        else:
-            rows = np.asarray(rows)
-            if rows.dtype == bool:
-                rows = np.flatnonzero(rows)
-            data = dset[np.sort(rows)] if len(rows) else np.empty((0, *dset.shape[1:]), "float32")
-        return data.reshape(len(data), self.feature_dim(layer)) if flatten else data
-
-    def iter_chunks(self, layer: str, rows=None, flatten: bool = True):
-        """Yield (row_indices, features) chunk by chunk, so huge caches never sit in memory whole."""
-        dset = self.dataset(layer)
-        step = dset.chunks[0] if dset.chunks else max(1, len(dset))
-        wanted = None if rows is None else np.asarray(rows)
-        if wanted is not None and wanted.dtype == bool:
-            wanted = np.flatnonzero(wanted)
-        for start in range(0, len(dset), step):
-            stop = min(start + step, len(dset))
-            index = np.arange(start, stop)
-            if wanted is not None:
-                index = wanted[(wanted >= start) & (wanted < stop)]
-                if not len(index):
-                    continue
-            block = dset[start:stop][index - start]
-            yield index, (block.reshape(len(block), self.feature_dim(layer)) if flatten else block)
+        return int(self._provenance.views or 0)
 
     def split_mask(self, name: str) -> np.ndarray:
         return self.split == SPLIT_NAMES.index(name)
 
-    def provenance(self) -> dict:
-        """What a head fitted on this cache must carry to rebuild its network (JSON-able)."""
-        keys = ("backbone", "alpha", "weights", "weights_path", "image_size", "pool", "layers",
-                "layer_indices", "preprocess", "precision", "class_names", "data_dir", "seed",
-                "test_size", "val_size", "versions")
-        return {**{k: self.attrs.get(k) for k in keys}, "cache_path": os.path.abspath(self.path)}
+    # ---- the one feature reader
+
+    def select_layers(self, spec: str | None) -> tuple[str, list[str]]:
+        """(the --layer value as recorded, [cache layers to concatenate, in order]) for a --layer
+        spec: None (the only layer, or all), 'all', or NAME[,NAME...]."""
+        if spec in (None, ""):
+            return (self.layers[0], self.layers[:1]) if len(self.layers) == 1 else (
+                "all", list(self.layers))
+        if spec == "all":
+            return "all", list(self.layers)
+        wanted = [part for part in spec.split(",") if part]
+        for name in wanted:
+            if name not in self.layers:
+                raise UserError(f"--layer {name!r} is not in {self.path}; it holds: "
+                                f"{', '.join(self.layers)} (or pass --layer all)")
+        return spec, wanted
+
+    def dataset(self, layer: str) -> h5py.Dataset:
+        if layer not in self._file["features"]:
+            raise UserError(f"layer {layer!r} is not in {self.path}; it holds: "
+                            f"{', '.join(self.layers)}")
+        return self._file["features"][layer]
+
+    def feature_dim(self, layers) -> int:
+        """Flattened width of one layer, or of several concatenated."""
+        return sum(int(np.prod(self.dataset(layer).shape[1:])) for layer in _as_list(layers))
+
+    def features(self, layers, rows=None, flatten: bool = True) -> np.ndarray:
+        """float32 features of `rows` (a boolean mask or indices, sorted here; all by default):
+        one layer (`flatten=False` keeps a map's shape), or several flattened and concatenated."""
+        rows = _rows(rows, len(self))
+        names = _as_list(layers)
+        if isinstance(layers, str) and not flatten:
+            dset = self.dataset(layers)
+            return _take(dset, rows) if len(rows) else np.empty((0, *dset.shape[1:]), np.float32)
+        parts = [self._flat(self.dataset(name), rows) for name in names]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def views(self, layers, rows=None) -> np.ndarray:
+        """(n, K, D): the K augmented views of `rows`, layers concatenated like `features`;
+        K is 0 for a cache made without --views."""
+        rows = _rows(rows, len(self))
+        if not self.n_views:
+            return np.empty((len(rows), 0, self.feature_dim(layers)), np.float32)
+        parts = []
+        for name in _as_list(layers):
+            self.dataset(name)   # a clear error for an unknown layer
+            dset = self._file["views"][name]
+            data = _take(dset, rows) if len(rows) else np.empty((0, *dset.shape[1:]), np.float32)
+            parts.append(data.reshape(len(data), data.shape[1], -1))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+    def iter_chunks(self, layers, rows=None, block_rows: int | None = None, rng=None):
+        """Yield (row indices, features) a block of cache rows at a time, so a huge cache never
+        sits in memory whole; blocks in `rng`'s random order when given. Default block: the
+        HDF5 chunk of the first layer."""
+        rows = _rows(rows, len(self))
+        if not len(rows):
+            return
+        first = self.dataset(_as_list(layers)[0])
+        step = block_rows or (first.chunks[0] if first.chunks else len(first))
+        starts = np.arange(0, int(rows[-1]) + 1, step)
+        for start in (rng.permutation(starts) if rng is not None else starts):
+            index = rows[(rows >= start) & (rows < start + step)]
+            if len(index):
+                yield index, self.features(layers, index)
+
+    @staticmethod
+    def _flat(dset, rows) -> np.ndarray:
+        width = int(np.prod(dset.shape[1:]))
+        if not len(rows):
+            return np.empty((0, width), np.float32)
+        return _take(dset, rows).reshape(len(rows), width)
 
     def summary(self) -> dict:
         """A JSON-able description of the cache: what `info` prints."""
         counts = {name: int(self.split_mask(name).sum()) for name in SPLIT_NAMES}
         per_class = np.bincount(self.labels, minlength=len(self.class_names))
+        prov = self._provenance.to_json()
         return {
             "path": self.path,
             "file_mb": round(os.path.getsize(self.path) / 2**20, 3),
@@ -274,10 +239,63 @@ class Cache:
             "classes": {c: int(k) for c, k in zip(self.class_names, per_class)},
             "features": {layer: list(self.dataset(layer).shape[1:]) for layer in self.layers},
             "views": self.n_views,
-            **{k: self.attrs[k] for k in ("backbone", "alpha", "weights", "image_size", "pool",
-                                          "layers", "preprocess", "precision", "seed", "test_size",
-                                          "val_size", "data_dir", "created", "versions")},
+            "created": self.attrs.get("created"),
+            **{k: prov[k] for k in ("backbone", "alpha", "weights", "image_size", "pool",
+                                    "layers", "preprocess", "precision", "seed", "test_size",
+                                    "val_size", "data_dir", "versions")},
         }
+
+
+def _open_h5(path: str):
+    if not os.path.isfile(path):
+        partial = os.path.isdir(path + ".partial")
+        hint = (" (an interrupted extraction is waiting: re-run the same extract command to "
+                "finish it)") if partial else ""
+        raise UserError(f"no feature cache at {path}{hint}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({exc})") from exc
+
+
+def _read_attrs(f, path: str) -> dict:
+    """The root attributes as Python values; refuses an incomplete or newer-format file."""
+    attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    if not attrs.get("complete") or attrs.get("format_version") is None:
+        raise UserError(f"{path} is not a complete bottleneck cache; re-run extract")
+    if int(attrs["format_version"]) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer bottleneck (format "
+                        f"{attrs['format_version']}); upgrade to read it")
+    for key in _JSON_ATTRS:
+        attrs[key] = json.loads(attrs[key])
+    for name in ("labels", "split", "paths", "features"):
+        f[name]
+    return attrs
+
+
+def _as_list(layers) -> list[str]:
+    return [layers] if isinstance(layers, str) else list(layers)
+
+
+def _rows(rows, n: int) -> np.ndarray:
+    """Sorted row indices from None (all), a boolean mask or indices."""
+    if rows is None:
+        return np.arange(n)
+    rows = np.asarray(rows)
+    return np.flatnonzero(rows) if rows.dtype == bool else np.sort(rows.astype(np.int64))
+
+
+def _take(dset, rows: np.ndarray) -> np.ndarray:
+    """dset[rows] for sorted rows: one contiguous read when the rows are dense (h5py's point
+    selection is slow), a selection otherwise."""
+    first, last = int(rows[0]), int(rows[-1]) + 1
+    if last - first <= 2 * len(rows):
+        return dset[first:last][rows - first]
+    return dset[rows]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def newest_cache(directory: str = "features") -> str:

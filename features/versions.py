@@ -1,15 +1,25 @@
-"""Library versions recorded in every cache and head, so provenance is explicit."""
+"""Library versions recorded in every cache and head, so provenance is explicit.
+
+Read from the installed distributions' metadata (so recording them imports nothing heavy), or
+from an imported module's `__version__` when its distribution goes by another name (for example
+tensorflow-cpu, or this project run from a checkout that was never pip-installed).
+"""
+
+import sys
+from importlib import metadata
+
+# name recorded: (distribution, module)
+LIBRARIES = {"bottleneck": ("bottleneck-transfer", "bottleneck"),
+             "tensorflow": ("tensorflow", "tensorflow"), "keras": ("keras", "keras"),
+             "numpy": ("numpy", "numpy"), "h5py": ("h5py", "h5py"),
+             "scikit-learn": ("scikit-learn", "sklearn")}
 
 
 def library_versions() -> dict:
-    import h5py
-    import numpy
-    import sklearn
-
-    from bottleneck import __version__
-    from features.tf import keras
-    from features.tf import tf as tensorflow
-
-    return {"bottleneck": __version__, "tensorflow": tensorflow.__version__,
-            "keras": keras.__version__, "numpy": numpy.__version__, "h5py": h5py.__version__,
-            "scikit-learn": sklearn.__version__}
+    out = {}
+    for name, (dist, module) in LIBRARIES.items():
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = getattr(sys.modules.get(module), "__version__", "unknown")
+    return out

@@ -31,7 +31,7 @@ def assert_close(a, b, tol=1e-4):
     np.testing.assert_allclose(a, b, atol=tol, rtol=tol)
 
 
-def extract(data, out, **kw):
+def extract(data, out, on_batch=None, **kw):
     """run_extract on a tiny tree (MobileNet 0.25, random init, 32 px, quiet) unless overridden."""
     from bottleneck.extract import ExtractOptions, run_extract
 
@@ -40,4 +40,5 @@ def extract(data, out, **kw):
     kw.setdefault("weights", "none")
     kw.setdefault("image_size", 32)
     kw.setdefault("progress", False)
-    return run_extract(ExtractOptions(data=data, out=str(out), **kw), say=lambda *a: None)
+    return run_extract(ExtractOptions(data=data, out=str(out), **kw), say=lambda *a: None,
+                       on_batch=on_batch)

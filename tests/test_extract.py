@@ -74,7 +74,7 @@ def test_real_mobilenet_weights_from_path_equal_direct_call(tiny_folder, tmp_pat
         ours = cache.features("conv_pw_13_relu")
         want = direct_keras_features("mobilenet", MOBILENET_025, "conv_pw_13_relu", tiny_folder,
                                      cache.paths, 32, "avg")
-        assert cache.provenance()["weights_path"] == os.path.abspath(MOBILENET_025)
+        assert cache.provenance().weights_path == os.path.abspath(MOBILENET_025)
     assert np.abs(want).max() > 0.1
     assert_close(ours, want, tol=1e-4)
 
@@ -211,8 +211,13 @@ def test_mismatched_rerun_is_refused_or_overwritten(tiny_folder, tmp_path):
 
 def test_interrupted_run_resumes_and_equals_uninterrupted(tiny_folder, tmp_path):
     out = tmp_path / "f.h5"
-    partial = extract(tiny_folder, out, batch_size=5, stop_after=2)
-    assert partial["interrupted"] and not out.exists()
+    def interrupt_after_two(n):   # what Ctrl-C does, after two journaled batches
+        if n == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(tiny_folder, out, batch_size=5, on_batch=interrupt_after_two)
+    assert not out.exists()
     with pytest.raises(UserError, match="re-run the same extract"):
         Cache(str(out))
     with pytest.raises(UserError, match="overwrite"):

@@ -413,7 +413,8 @@ def test_colour_jitter_keeps_colour():
     """A small --color-jitter changes colours a little; it must not turn images grey."""
     import numpy as np
 
-    from bottleneck.data.augment import AugmentOptions, augmentation_layers
+    from bottleneck.data.augment import AugmentOptions
+    from bottleneck.data.augment_layers import augmentation_layers
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 32, 32, 3)).astype("float32")

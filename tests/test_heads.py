@@ -1,6 +1,7 @@
 """Stage 2 heads on small synthetic caches (written directly, no network): fast."""
 
 import json
+from dataclasses import replace
 
 import joblib
 import numpy as np
@@ -13,11 +14,11 @@ from features.heads import (
     _fit_mlp_pipeline,
     apply_layer_spec,
     head_layer_spec,
-    load_features,
     make_pipeline,
 )
+from features.provenance import Provenance
 from features.split import assign_split
-from features.store import Cache, CacheConfig, write_cache
+from features.store import Cache, write_cache
 
 
 def write_synthetic_cache(path, features: dict, labels, class_names, split=None, seed=0):
@@ -25,17 +26,18 @@ def write_synthetic_cache(path, features: dict, labels, class_names, split=None,
     if split is None:
         split = assign_split(labels, test_size=0.25, val_size=0.15, seed=seed)
     layers = tuple(features)
-    config = CacheConfig(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
-                         image_size=32, pool="avg", layers=layers,
-                         layer_indices=tuple(range(len(layers))), preprocess="mobilenet",
-                         precision="float32", seed=seed, test_size=0.25, val_size=0.15)
+    prov = Provenance(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
+                      image_size=32, pool="avg", layers=layers,
+                      layer_indices=tuple(range(len(layers))), preprocess="mobilenet",
+                      precision="float32", seed=seed, test_size=0.25, val_size=0.15,
+                      class_names=tuple(class_names))
     n = len(labels)
-    write_cache(str(path), config, class_names=class_names, paths=[f"img{i}.png" for i in range(n)],
+    write_cache(str(path), prov, paths=[f"img{i}.png" for i in range(n)],
                 labels=labels, split=split,
                 shards=[(0, {f"features/{k}": np.asarray(v, np.float32)
                              for k, v in features.items()})],
                 datasets={f"features/{k}": np.asarray(v).shape[1:] for k, v in features.items()},
-                skipped=[], versions={}, created="now")
+                skipped=[], created="now")
     return str(path)
 
 
@@ -169,7 +171,7 @@ def test_out_of_core_route(separable, tmp_path):
     assert any("out-of-core" in line for line in said)
     bundle = load_head(str(tmp_path / "o.joblib"))
     with Cache(separable) as cache:
-        X = load_features(cache, ["a", "b"], np.arange(len(cache)))
+        X = cache.features(["a", "b"], np.arange(len(cache)))
     np.testing.assert_allclose(apply_layer_spec(head_layer_spec(bundle["pipeline"]), X),
                                bundle["pipeline"].predict_proba(X), atol=1e-5)
 
@@ -205,7 +207,7 @@ def test_fit_cli_json_ranks_heads_and_writes_report(separable, tmp_path, capsys)
     metrics = json.loads((report / "metrics.json").read_text())
     with Cache(separable) as cache:
         test = cache.split_mask("test")
-        X = load_features(cache, bundle["provenance"]["feature_layers"], test)
+        X = cache.features(bundle["provenance"].feature_layers, test)
         y = cache.labels[test]
     pred = bundle["pipeline"].predict(X)
     assert metrics["accuracy"] == pytest.approx(float(np.mean(pred == y)))
@@ -232,12 +234,12 @@ def test_head_file_roundtrip_and_refusals(separable, tmp_path):
     assert {"format", "format_version", "kind", "pipeline", "provenance", "scores",
             "created"} <= set(loaded)
     assert loaded["format"] == "bottleneck-head" and loaded["format_version"] == 1
-    assert loaded["provenance"]["feature_layers"] == ["a", "b"]
-    assert loaded["provenance"]["layer"] == "all"
+    assert loaded["provenance"].feature_layers == ("a", "b")
+    assert loaded["provenance"].layer == "all"
     with pytest.raises(UserError, match=r"backbone.*image_size|image_size.*backbone"):
-        check_head_matches(loaded, {**prov, "backbone": "vgg16", "image_size": 224})
+        check_head_matches(loaded, replace(prov, backbone="vgg16", image_size=224))
     with pytest.raises(UserError, match="class_names"):
-        check_head_matches(loaded, {**prov, "class_names": ["a", "b", "c", "d"]})
+        check_head_matches(loaded, replace(prov, class_names=("a", "b", "c", "d")))
     joblib.dump([1, 2, 3], tmp_path / "list.joblib")
     joblib.dump({"pipeline": pipe}, tmp_path / "dict.joblib")
     (tmp_path / "junk.joblib").write_bytes(b"not a pickle")
@@ -263,7 +265,7 @@ def test_single_layer_choice(separable, tmp_path):
     s = fit_best(quick(features=separable, layer="b", out=str(tmp_path / "b.joblib")),
                  kinds=("logistic",), say=lambda *a: None)
     assert s["feature_layers"] == ["b"] and s["feature_dim"] == 4
-    assert load_head(str(tmp_path / "b.joblib"))["provenance"]["layer"] == "b"
+    assert load_head(str(tmp_path / "b.joblib"))["provenance"].layer == "b"
 
 
 def test_kernel_winner_also_saves_best_transplantable_head(tmp_path):

@@ -7,6 +7,7 @@ images reproduces the head on their cached features, not accuracy.
 import csv
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,6 @@ from bottleneck.extract import ExtractOptions, run_extract
 from features.errors import UserError
 from features.fitting import FitOptions, fit_one
 from features.headfile import load_head, save_head
-from features.heads import load_features
 from features.store import Cache
 
 LAYERS = ("conv_pw_13_relu", "conv_pw_11_relu")
@@ -53,14 +53,14 @@ def fitted(tmp_path_factory):
 def _cached(fitted):
     bundle = load_head(fitted["head"])
     with Cache(fitted["cache"]) as cache:
-        X = load_features(cache, bundle["provenance"]["feature_layers"], np.arange(len(cache)))
+        X = cache.features(bundle["provenance"].feature_layers, np.arange(len(cache)))
         paths = [f"{fitted['data']}/{p}" for p in cache.paths]
     return bundle, paths, bundle["pipeline"].predict_proba(X)
 
 
 def test_predict_folder_equals_head_on_cached_features(fitted, capsys):
     bundle, paths, proba = _cached(fitted)
-    names = bundle["provenance"]["class_names"]
+    names = list(bundle["provenance"].class_names)
     weights()
     assert main(["predict", fitted["data"], "--model", fitted["head"], "--json",
                  "--top-k", "2"]) == 0
@@ -94,7 +94,8 @@ def test_predict_refuses_bad_models(fitted, tmp_path, capsys):
     assert main(["predict", fitted["data"], "--model", str(keras_file)]) == 2
     assert "finetune" in capsys.readouterr().err
     bundle = load_head(fitted["head"])
-    bundle["provenance"]["feature_layers"] = ["conv_pw_12_relu"]   # a layer the network lacks
+    bundle["provenance"] = replace(bundle["provenance"],   # a layer the network lacks
+                                   feature_layers=("conv_pw_12_relu",))
     save_head(str(tmp_path / "wrong.joblib"), bundle)
     with pytest.raises(UserError, match="layers"):
         from bottleneck.predict.predictor import load_predictor
@@ -111,4 +112,4 @@ def test_fit_refuses_head_cache_mismatch_via_check(fitted):
         check_head_matches(bundle, cache)
         prov = cache.provenance()
     with pytest.raises(UserError, match="pool.*weights|weights.*pool"):
-        check_head_matches(bundle, {**prov, "pool": "avg", "weights": "imagenet"})
+        check_head_matches(bundle, replace(prov, pool="avg", weights="imagenet"))

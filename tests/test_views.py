@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bottleneck.data.images import augmented_views
+from bottleneck.data.augment import augmented_views
 from features.store import Cache
 from features.tf import tf
 
@@ -35,17 +35,17 @@ def test_views_in_cache(tiny_folder, tmp_path):
         assert v.n_views == 3 and p.n_views == 0
         # the plain view equals the cache made without views
         np.testing.assert_allclose(v.features(layer), p.features(layer), rtol=1e-5, atol=1e-7)
-        views = v.view_features(layer)
+        views = v.views(layer)
         assert views.shape == (24, 3, 256)
         # deterministic whatever the batching
-        np.testing.assert_allclose(views, a.view_features(layer), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(views, a.views(layer), rtol=1e-5, atol=1e-7)
         # views differ from the plain view and from each other
         scale = np.abs(views).max()
         assert np.abs(views[:, 0] - v.features(layer)).max() > 1e-3 * scale
         assert np.abs(views[:, 0] - views[:, 1]).max() > 1e-3 * scale
         rows = v.split_mask("test")
-        assert v.view_features(layer, rows).shape == (rows.sum(), 3, 256)
-        assert p.view_features(layer, rows).shape == (rows.sum(), 0, 256)
+        assert v.views(layer, rows).shape == (rows.sum(), 3, 256)
+        assert p.views(layer, rows).shape == (rows.sum(), 0, 256)
 
 
 def test_views_change_the_cache_identity(tiny_folder, tmp_path):
@@ -60,17 +60,17 @@ def test_views_change_the_cache_identity(tiny_folder, tmp_path):
 
 def write_view_cache(path, X, V, y, split):
     """A cache with plain features X (n, d) and views V (n, K, d), written through the store."""
-    from features.store import CacheConfig, write_cache
+    from features.provenance import Provenance
+    from features.store import write_cache
 
-    config = CacheConfig(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
-                         image_size=32, pool="avg", layers=("a",), layer_indices=(1,),
-                         preprocess="mobilenet", precision="float32", seed=0, test_size=0.25,
-                         val_size=0.0, views=V.shape[1])
-    write_cache(str(path), config, class_names=["p", "q", "r"],
-                paths=[f"img{i}.png" for i in range(len(y))], labels=y, split=split,
+    prov = Provenance(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
+                      image_size=32, pool="avg", layers=("a",), layer_indices=(1,),
+                      preprocess="mobilenet", precision="float32", seed=0, test_size=0.25,
+                      val_size=0.0, views=V.shape[1], class_names=("p", "q", "r"))
+    write_cache(str(path), prov, paths=[f"img{i}.png" for i in range(len(y))], labels=y, split=split,
                 shards=[(0, {"features/a": X, "views/a": V})],
                 datasets={"features/a": X.shape[1:], "views/a": V.shape[1:]}, skipped=[],
-                versions={}, created="now")
+                created="now")
     return str(path)
 
 

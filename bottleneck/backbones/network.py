@@ -9,8 +9,9 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 
-from bottleneck.backbones.registry import Backbone, build_body
+from bottleneck.backbones.registry import Backbone, build_body, get_backbone, weights_id
 from features.errors import UserError
+from features.provenance import Provenance
 from features.tf import keras
 
 POOLS = ("avg", "max", "avgmax", "none")
@@ -145,36 +146,37 @@ def compiled_forward(model):
     return forward
 
 
-def feature_model_from_provenance(prov: dict, weights: str | None = None, precision=None,
+def feature_model_from_provenance(prov: Provenance, weights: str | None = None, precision=None,
                                   fold_bn: bool = False):
     """Rebuild the exact feature network a cache (or a head's provenance) was made with.
 
-    `prov` holds backbone, alpha, weights ('imagenet' | 'none' | 'sha256:...'), weights_path,
-    image_size, pool, layer_indices, layers. A local weights file is found at `weights` or the
-    recorded weights_path, and must match the recorded sha256. Returns (model, taps).
+    A local weights file is found at `weights` or the recorded weights_path, and must match the
+    recorded sha256. Returns (model, taps).
     """
-    import os
-
-    from bottleneck.backbones.registry import get_backbone, weights_id
-
-    recorded = prov["weights"]
-    if recorded in ("imagenet", "none"):
-        source = None if recorded == "none" else "imagenet"
-    else:
-        source = weights or prov.get("weights_path") or ""
-        if not os.path.isfile(source):
-            raise UserError(f"the features were made with a local weights file ({recorded[:19]}...) "
-                            f"that is not at {source!r}; pass --weights PATH to it")
-        if weights_id(source) != recorded:
-            raise UserError(f"--weights {source} is not the file the features were made with "
-                            f"(sha256 differs); pass the original file")
     model, taps = build_feature_model(
-        get_backbone(prov["backbone"]), weights=source, image_size=int(prov["image_size"]),
-        alpha=prov.get("alpha"), layer_specs=[str(i) for i in prov["layer_indices"]],
-        pool=prov["pool"], precision=precision or prov.get("precision") or "float32",
-        fold_bn=fold_bn)
+        get_backbone(prov.backbone), weights=_recorded_weights(prov, weights),
+        image_size=prov.image_size, alpha=prov.alpha,
+        layer_specs=[str(i) for i in prov.layer_indices], pool=prov.pool,
+        precision=precision or prov.precision or "float32", fold_bn=fold_bn)
     names = [name for name, _ in taps]
-    if names != list(prov["layers"]):
-        raise UserError(f"rebuilt taps {names} differ from the recorded {prov['layers']}; "
+    if names != list(prov.layers):
+        raise UserError(f"rebuilt taps {names} differ from the recorded {list(prov.layers)}; "
                         "the Keras version may have renamed layers")
     return model, taps
+
+
+def _recorded_weights(prov: Provenance, weights: str | None) -> str | None:
+    """What to load for `prov`'s weights id: None, 'imagenet', or a file whose sha256 matches."""
+    import os
+
+    if prov.weights in ("imagenet", "none"):
+        return None if prov.weights == "none" else "imagenet"
+    source = weights or prov.weights_path or ""
+    if not os.path.isfile(source):
+        raise UserError(f"the features were made with a local weights file "
+                        f"({prov.weights[:19]}...) that is not at {source!r}; pass --weights PATH "
+                        "to it")
+    if weights_id(source) != prov.weights:
+        raise UserError(f"--weights {source} is not the file the features were made with "
+                        "(sha256 differs); pass the original file")
+    return source

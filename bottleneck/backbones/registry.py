@@ -28,10 +28,25 @@ class Backbone:
     alphas: tuple[float, ...] = ()  # width multipliers the constructor accepts (empty: none)
     extra: dict = field(default_factory=dict)  # other constructor kwargs
 
+    def resolve_alpha(self, alpha: float | None) -> float | None:
+        """The width multiplier to build with: None for families without one (an --alpha other
+        than 1 is refused there), else `alpha` (default 1.0) if the family offers it."""
+        if not self.alphas:
+            if alpha is not None and float(alpha) != 1.0:
+                raise UserError(f"--alpha applies to width-multiplier families (mobilenet, "
+                                f"mobilenetv2, mobilenetv3*); {self.name} has none: drop --alpha")
+            return None
+        alpha = 1.0 if alpha is None else float(alpha)
+        if alpha not in self.alphas:
+            raise UserError(f"--alpha {alpha:g} is not offered for {self.name}; choose one of "
+                            f"{', '.join(f'{a:g}' for a in self.alphas)}")
+        return alpha
+
     def build_kwargs(self, alpha: float | None) -> dict:
         kwargs = dict(self.extra)
-        if self.alphas:
-            kwargs["alpha"] = 1.0 if alpha is None else float(alpha)
+        alpha = self.resolve_alpha(alpha)
+        if alpha is not None:
+            kwargs["alpha"] = alpha
         return kwargs
 
 
@@ -124,12 +139,6 @@ def build_body(row: Backbone, *, weights: str | None, image_size: int, alpha: fl
     Raises UserError for a bad alpha or size, and for ImageNet weights that cannot be fetched.
     """
     from features.tf import keras
-    if alpha is not None and not row.alphas and float(alpha) != 1.0:
-        raise UserError(f"--alpha applies to width-multiplier families (mobilenet, mobilenetv2, "
-                        f"mobilenetv3*); {row.name} has none: drop --alpha")
-    if row.alphas and alpha is not None and float(alpha) not in row.alphas:
-        raise UserError(f"--alpha {alpha} is not offered for {row.name}; choose one of "
-                        f"{', '.join(str(a) for a in row.alphas)}")
     if image_size < row.min_size:
         raise UserError(f"--image-size {image_size} is below {row.name}'s minimum of "
                         f"{row.min_size} px")

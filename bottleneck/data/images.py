@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bottleneck.data.augment import augmented_views
 from features.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -101,58 +102,6 @@ def _resize(image, image_size: int):
 
 def _decode_resize(path, image_size: int):
     return _resize(_decode(path), image_size)
-
-
-# Augmented views (extract --views K): ranges of the random resized crop, flip, rotation and
-# colour jitter. Each view's randomness is a pure function of (seed, image index, view number),
-# so views do not depend on batching, resumption or the order of the work.
-VIEW_AUGMENT = {"crop_area": (0.5, 1.0), "crop_aspect": (3 / 4, 4 / 3), "flip": 0.5,
-                "rotation_degrees": 10.0, "brightness": 0.15, "contrast": 0.2, "saturation": 0.2}
-
-
-def augmented_views(image, index, seed: int, views: int, image_size: int):
-    """(views, S, S, 3) float32 in [0, 255]: seeded augmented views of one decoded image."""
-    import math
-
-    from features.tf import tf
-    cfg = VIEW_AUGMENT
-    out = []
-    for v in range(views):
-        key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64) * 1024 + v * 8])
-
-        def sub(k, key=key):
-            return key + tf.constant([0, k], tf.int64)
-
-        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-            tf.shape(image), tf.zeros([1, 0, 4], tf.float32), seed=sub(0),
-            min_object_covered=0.0, aspect_ratio_range=cfg["crop_aspect"],
-            area_range=cfg["crop_area"], use_image_if_no_bounding_boxes=True)
-        x = _resize(tf.slice(image, begin, size), image_size) / 255.0
-        flip = tf.random.stateless_uniform([], sub(1)) < cfg["flip"]
-        x = tf.where(flip, tf.image.flip_left_right(x), x)
-        angle = tf.random.stateless_uniform([], sub(2), -1.0, 1.0) * cfg["rotation_degrees"]
-        x = _rotate(x, angle * math.pi / 180.0)
-        x = tf.image.stateless_random_brightness(x, cfg["brightness"], sub(3))
-        x = tf.image.stateless_random_contrast(x, 1 - cfg["contrast"], 1 + cfg["contrast"], sub(4))
-        x = tf.image.stateless_random_saturation(x, 1 - cfg["saturation"],
-                                                 1 + cfg["saturation"], sub(5))
-        out.append(tf.clip_by_value(x, 0.0, 1.0) * 255.0)
-    return tf.stack(out)
-
-
-def _rotate(image, radians):
-    """Rotate an (S, S, 3) image about its centre, reflecting at the borders."""
-    from features.tf import tf
-    size = tf.cast(tf.shape(image)[0], tf.float32)
-    c, s = tf.cos(radians), tf.sin(radians)
-    centre = (size - 1) / 2
-    # output (x, y) samples input (c*x - s*y + a, s*x + c*y + b), keeping the centre fixed
-    a = centre - c * centre + s * centre
-    b = centre - s * centre - c * centre
-    transform = tf.stack([c, -s, a, s, c, b, 0.0, 0.0])[None]
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform, output_shape=tf.shape(image)[:2],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
 
 
 def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, views: int = 0,

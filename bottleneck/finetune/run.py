@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bottleneck.data.augment import AugmentOptions, augmentation_layers
+from bottleneck.data.augment import AugmentOptions
+from bottleneck.data.augment_layers import augmentation_layers
 from bottleneck.finetune.transplant import (
     apply_spec,
     build_network,

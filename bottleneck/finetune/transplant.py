@@ -22,7 +22,7 @@ import json
 
 import numpy as np
 
-from bottleneck.data import augment as _augment_layers  # noqa: F401  (registers them for load_model)
+from bottleneck.data import augment_layers as _augment_layers  # noqa: F401  (registers them for load_model)
 from features.errors import UserError
 from features.tf import keras
 

@@ -8,7 +8,7 @@ provenance names and the head on top; a fine-tuned network (.keras, stage 3) plu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -51,12 +51,12 @@ def load_predictor(path: str, weights: str | None = None) -> Predictor:
     raise UserError(f"--model {path}: expected a head (.joblib) or a fine-tuned network (.keras)")
 
 
-def head_features(outputs, prov: dict) -> np.ndarray:
+def head_features(outputs, prov) -> np.ndarray:
     """Flattened, concatenated features of a head's feature_layers from the network's outputs
-    (one per tap, in prov['layers'] order)."""
-    taps = list(prov["layers"])
+    (one per tap, in prov.layers order)."""
+    taps = list(prov.layers)
     parts = []
-    for layer in prov["feature_layers"]:
+    for layer in prov.taps:
         out = np.asarray(outputs[taps.index(layer)])
         parts.append(out.reshape(len(out), -1))
     return np.concatenate(parts, axis=1)
@@ -72,8 +72,9 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
     bundle = load_head(path)
     prov = bundle["provenance"]
     model, taps = feature_model_from_provenance(prov, weights=weights, fold_bn=True)
-    net_prov = {**prov, "layers": [name for name, _ in taps]}
-    check_head_matches(bundle, net_prov)
+    # the network must compute every layer the head reads
+    check_head_matches(bundle, replace(prov, layers=tuple(name for name, _ in taps),
+                                       feature_layers=None))
     forward = compiled_forward(model)
     pipeline = bundle["pipeline"]
 
@@ -81,11 +82,11 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
         outputs = [o.numpy() for o in forward(np.asarray(images, dtype=np.float32))]
         return pipeline.predict_proba(head_features(outputs, prov))
 
-    info = {"head": bundle["kind"], "layer": prov["layer"], "backbone": prov["backbone"]}
-    if prov.get("weights") == "none":
+    info = {"head": bundle["kind"], "layer": prov.layer, "backbone": prov.backbone}
+    if prov.weights == "none":
         info["warning"] = ("the head was fitted on features of a randomly initialised backbone "
                            "(weights none, seeded): fine for testing the route, not for real use")
-    return Predictor("head", path, list(prov["class_names"]), int(prov["image_size"]),
+    return Predictor("head", path, list(prov.class_names), prov.image_size,
                      predict_images, info)
 
 
