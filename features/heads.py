@@ -1,35 +1,26 @@
 """Stage 2 heads: scikit-learn pipelines on cached features, chosen by cross-validation.
 
 Every head is a `Pipeline([scaling..., optional PCA, classifier])` whose `predict_proba` is exactly
-expressible as a few numpy ops on the flattened, concatenated features (`head_layer_spec`), so the
+expressible as a few numpy ops on the flattened, concatenated features (features/spec.py), so the
 network transplant (finetune) can reproduce it. Probabilities are DEFINED as:
 
 * logistic: softmax of the logits (binary: logits [0, z]), i.e. sklearn's own predict_proba;
-* linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
-  on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
-* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained with Keras, kept as numpy arrays;
-* kernel SVM: softmax(temperature * one-vs-rest decision function), like the linear SVM (not
-  expressible as layers).
+* the others: as features/estimators.py defines them (tempered softmax of SVM/SGD decision
+  values; the MLP's own softmax).
 
 Splits: hyper-parameters are chosen by stratified k-fold CV on the cache's train split only; the
 final pipeline may be refitted on train+val; the MLP uses val for early stopping; the test split is
 scored once, by the caller, at the very end.
+
+Importing this module is cheap (scikit-learn is imported by the functions that use it), so the
+command line can read KINDS and SCALINGS without it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.decomposition import PCA
-from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import Normalizer, StandardScaler
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, validate_data
 
 from features.errors import UserError
 
@@ -39,343 +30,15 @@ SCALINGS = ("standard", "l2", "l2+standard", "none")
 SVM_C_GRID = (1e-4, 1e-3, 1e-2)
 LOGISTIC_C_GRID = (1e-3, 1e-2, 1e-1)
 KERNEL_C_GRID = (1.0, 10.0)
-NOT_EXPRESSIBLE = ("--head-init random, or refit a linear head with fit-svm/fit-logistic "
-                   "(or an MLP head with fit-mlp)")
 
-
-# --------------------------------------------------------------------------- numpy helpers
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = np.asarray(z, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def as_logits(decision: np.ndarray) -> np.ndarray:
-    """(n, k) logits from a decision function: binary (n,) -> [0, z]."""
-    decision = np.asarray(decision, dtype=np.float64)
-    if decision.ndim == 1:
-        return np.stack([np.zeros_like(decision), decision], axis=1)
-    return decision
-
-
-def fit_temperature(decision: np.ndarray, y_index: np.ndarray) -> float:
-    """The T > 0 minimising the log-loss of softmax(T * logits) on held-out decision values."""
-    from scipy.optimize import minimize_scalar
-
-    logits = as_logits(decision)
-    y_index = np.asarray(y_index)
-
-    def loss(log_t):
-        p = softmax(np.exp(log_t) * logits)
-        return -np.mean(np.log(np.clip(p[np.arange(len(y_index)), y_index], 1e-15, None)))
-
-    res = minimize_scalar(loss, bounds=(-7.0, 7.0), method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(res.x))
-
-
-def smallest_class(y_index, groups=None) -> int:
-    """Images in the rarest class: rows, or distinct `groups` (images) when rows are views."""
-    y_index = np.asarray(y_index)
-    if groups is not None:
-        y_index = y_index[np.unique(np.asarray(groups), return_index=True)[1]]
-    return int(np.bincount(y_index).min()) if len(y_index) else 0
-
-
-def stratified_folds(folds: int, random_state, groups=None):
-    """Shuffled stratified k-fold; grouped (every view of an image in one fold) with `groups`."""
-    kind = StratifiedKFold if groups is None else StratifiedGroupKFold
-    return kind(folds, shuffle=True, random_state=random_state)
-
-
-def held_out_splitter(y_index, folds: int, random_state, groups=None):
-    """Stratified folds, grouped when `groups` names the image of each row (augmented views), so
-    no image is scored by a model that saw one of its views; None when a class has too few."""
-    if folds < 2 or smallest_class(y_index, groups) < folds:
-        return None
-    return stratified_folds(folds, random_state, groups)
-
-
-@contextlib.contextmanager
-def quiet_convergence():
-    """Silence scikit-learn's ConvergenceWarning: the iteration caps are deliberate, and the
-    CV score, not the solver's tolerance, says whether a head is good."""
-    from sklearn.exceptions import ConvergenceWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        yield
-
-
-def cv_temperature(make_svc, X, y, classes, folds, random_state, groups=None) -> float:
-    """The softmax temperature of an SVM: fitted by log-loss on `folds`-fold cross-validated
-    decision values of fresh `make_svc()` models, grouped by image when `groups` is given
-    (1.0 when there are too few images)."""
-    y_index = np.searchsorted(classes, y)
-    cv = held_out_splitter(y_index, int(folds or 0), random_state, groups)
-    if cv is None:
-        return 1.0
-    decision = np.zeros((len(y),) if len(classes) == 2 else (len(y), len(classes)))
-    for fit_idx, held in cv.split(X, y, groups):
-        decision[held] = make_svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
-    return fit_temperature(decision, y_index)
-
-
-def checked_input(estimator, X) -> np.ndarray:
-    """X for a fitted estimator's predict-side method: sklearn's own checks (fitted, 2-D, finite,
-    dense, the width it was fitted on)."""
-    check_is_fitted(estimator)
-    return validate_data(estimator, X, reset=False)
-
-
-def checked_training_data(estimator, X, y):
-    """(X, y) for fit: sklearn's own checks (2-D finite dense X, 1-D classification y, equal
-    lengths); records n_features_in_."""
-    X, y = validate_data(estimator, X, y)
-    check_classification_targets(y)
-    return X, y
-
-
-class TemperedSoftmaxMixin:
-    """predict_proba = softmax(temperature_ * logits(decision_function)); predict = its argmax."""
-
-    def predict_proba(self, X):
-        decision = self.decision_function(X)
-        return softmax(self.temperature_ * as_logits(decision))
-
-    def predict(self, X):
-        decision = self.decision_function(X)
-        return self.classes_[np.argmax(as_logits(decision), axis=1)]
-
-
-class SoftmaxLinearMixin(TemperedSoftmaxMixin):
-    """A tempered-softmax model that is linear, hence expressible as one Dense layer."""
-
-    def decision_function(self, X):
-        X = checked_input(self, X)
-        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
-        return out.ravel() if out.shape[1] == 1 else out
-
-    def linear_params(self):
-        """(kernel (d, k), bias (k,)) such that softmax(X @ kernel + bias) == predict_proba(X)."""
-        coef = np.asarray(self.coef_, dtype=np.float64)
-        intercept = np.asarray(self.intercept_, dtype=np.float64).reshape(-1)
-        if coef.shape[0] == 1:   # binary: logits [0, z]
-            coef = np.vstack([np.zeros_like(coef), coef])
-            intercept = np.concatenate([[0.0], intercept])
-        return self.temperature_ * coef.T, self.temperature_ * intercept
-
-
-class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
-    """LinearSVC whose probabilities are softmax(T * decision_function), T fitted by log-loss on
-    cross-validated decision values (`temperature_cv` folds; 0 keeps T = 1, used inside searches)."""
-
-    def __init__(self, C=1.0, class_weight=None, max_iter=5000, temperature_cv=3, random_state=0):
-        self.C = C
-        self.class_weight = class_weight
-        self.max_iter = max_iter
-        self.temperature_cv = temperature_cv
-        self.random_state = random_state
-
-    def _svc(self):
-        from sklearn.svm import LinearSVC
-
-        return LinearSVC(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
-                         random_state=self.random_state)
-
-    def fit(self, X, y, groups=None):
-        X, y = checked_training_data(self, X, y)
-        with quiet_convergence():
-            svc = self._svc().fit(X, y)
-            self.classes_ = svc.classes_
-            self.coef_, self.intercept_ = svc.coef_, svc.intercept_
-            self.n_iter_ = svc.n_iter_
-            self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
-                                               self.temperature_cv, self.random_state, groups)
-        return self
-
-
-class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
-    """A kernel SVC (one-vs-rest decision function) whose probabilities are
-    softmax(T * decision_function), T fitted like TemperedLinearSVC's. Not expressible as layers."""
-
-    def __init__(self, kernel="rbf", C=1.0, gamma="scale", degree=3, class_weight=None,
-                 temperature_cv=3, random_state=0):
-        self.kernel = kernel
-        self.C = C
-        self.gamma = gamma
-        self.degree = degree
-        self.class_weight = class_weight
-        self.temperature_cv = temperature_cv
-        self.random_state = random_state
-
-    def _svc(self):
-        from sklearn.svm import SVC
-
-        return SVC(kernel=self.kernel, C=self.C, gamma=self.gamma, degree=self.degree,
-                   class_weight=self.class_weight, decision_function_shape="ovr",
-                   random_state=self.random_state)
-
-    def fit(self, X, y, groups=None):
-        X, y = checked_training_data(self, X, y)
-        self.svc_ = self._svc().fit(X, y)
-        self.classes_ = self.svc_.classes_
-        self.temperature_ = cv_temperature(self._svc, X, y, self.classes_, self.temperature_cv,
-                                           self.random_state, groups)
-        return self
-
-    def decision_function(self, X):
-        X = checked_input(self, X)
-        return self.svc_.decision_function(X)
-
-
-class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
-    """A linear model trained by SGD (`partial_fit` over chunks for out-of-core data), with
-    probabilities softmax(T * decision_function); T fitted on held-out decision values."""
-
-    def __init__(self, alpha=1e-4, loss="hinge", class_weight=None, random_state=0):
-        self.alpha = alpha
-        self.loss = loss
-        self.class_weight = class_weight
-        self.random_state = random_state
-
-    def _sgd(self):
-        from sklearn.linear_model import SGDClassifier
-
-        return SGDClassifier(loss=self.loss, alpha=self.alpha, class_weight=self.class_weight,
-                             random_state=self.random_state, learning_rate="optimal",
-                             average=True)
-
-    def fit(self, X, y, groups=None):
-        X, y = checked_training_data(self, X, y)
-        with quiet_convergence():
-            return self._fit(X, y, groups)
-
-    def _fit(self, X, y, groups=None):
-        sgd = self._sgd()
-        sgd.set_params(max_iter=50, tol=1e-4)
-        sgd.fit(X, y)
-        self.adopt(sgd)
-        # temperature on a held-out quarter (whole images when grouped), refit kept on everything
-        y_index = np.searchsorted(self.classes_, y)
-        cv = (held_out_splitter(y_index, 4, self.random_state, groups)
-              or held_out_splitter(y_index, 2, self.random_state, groups))
-        if cv is not None:
-            fit_idx, held = next(cv.split(X, y, groups))
-            part = self._sgd().set_params(max_iter=50, tol=1e-4).fit(X[fit_idx], y[fit_idx])
-            self.temperature_ = fit_temperature(part.decision_function(X[held]), y_index[held])
-        return self
-
-    def adopt(self, sgd, temperature=1.0):
-        """Take the weights of a fitted SGDClassifier (e.g. after partial_fit over chunks)."""
-        self.classes_ = sgd.classes_
-        self.coef_, self.intercept_ = sgd.coef_.copy(), sgd.intercept_.copy()
-        self.n_features_in_ = sgd.coef_.shape[1]
-        self.temperature_ = float(temperature)
-        return self
-
-
-class NumpyMLP(ClassifierMixin, BaseEstimator):
-    """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained with Keras (Adam,
-    early stopping on a validation set, seeded) and stored as numpy arrays: predict_proba is pure
-    numpy, so loading a head needs no TensorFlow. `weights_` = [W1, b1, W2, b2]."""
-
-    def __init__(self, hidden=256, dropout=0.5, learning_rate=1e-3, l2=1e-4, batch_size=32,
-                 max_epochs=200, patience=10, class_weight=None, random_state=0):
-        self.hidden = hidden
-        self.dropout = dropout
-        self.learning_rate = learning_rate
-        self.l2 = l2
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.class_weight = class_weight
-        self.random_state = random_state
-
-    def fit(self, X, y, X_val=None, y_val=None, groups=None):
-        from features.tf import keras
-
-        X, y = checked_training_data(self, X, y)
-        X = np.asarray(X, dtype=np.float32)
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ValueError("NumpyMLP needs samples of at least 2 classes in the data, but the "
-                             f"data contains only one class: {self.classes_[0]!r}")
-        k = max(2, len(self.classes_))
-        y_index = np.searchsorted(self.classes_, y)
-        if X_val is None or len(X_val) == 0:
-            # no validation split in the cache: hold out a stratified tenth of the training rows
-            # (of the training images, all views of each, when grouped)
-            held = self._holdout(y_index, groups) if len(y) >= 20 else None
-            if held is not None:
-                fit_idx = np.setdiff1d(np.arange(len(y)), held)
-                X, X_val, y_index, yv_index = X[fit_idx], X[held], y_index[fit_idx], y_index[held]
-            else:
-                X_val, yv_index = X, y_index
-        else:
-            yv_index = np.searchsorted(self.classes_, y_val)
-        keras.utils.set_random_seed(int(self.random_state))
-        reg = keras.regularizers.L2(self.l2) if self.l2 else None
-        inputs = keras.Input((X.shape[1],), dtype="float32")
-        h = keras.layers.Dense(self.hidden, activation="relu", kernel_regularizer=reg)(inputs)
-        h = keras.layers.Dropout(self.dropout, seed=int(self.random_state))(h)
-        out = keras.layers.Dense(k, activation="softmax", kernel_regularizer=reg)(h)
-        model = keras.Model(inputs, out)
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        weights = None
-        if self.class_weight == "balanced":
-            counts = np.bincount(y_index, minlength=k).astype(float)
-            weights = {i: len(y_index) / (k * c) for i, c in enumerate(counts) if c}
-        elif isinstance(self.class_weight, dict):   # {class label: weight}, as scikit-learn's
-            weights = {i: float(self.class_weight.get(c, 1.0))
-                       for i, c in enumerate(self.classes_)}
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                             restore_best_weights=True)
-        history = model.fit(X, y_index, validation_data=(np.asarray(X_val, np.float32), yv_index),
-                            epochs=self.max_epochs, batch_size=self.batch_size, verbose=0,
-                            shuffle=True, callbacks=[stop], class_weight=weights)
-        self.weights_ = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
-        self.n_epochs_ = len(history.history["loss"])
-        self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
-        self.n_features_in_ = X.shape[1]
-        keras.backend.clear_session()
-        return self
-
-    def _holdout(self, y_index, groups=None):
-        """Rows of a stratified tenth held out for early stopping (whole images when grouped)."""
-        if np.bincount(y_index).min() < 2:
-            return None
-        if groups is None:
-            from sklearn.model_selection import train_test_split
-
-            n_classes = len(np.unique(y_index))
-            n_held = max(n_classes, int(np.ceil(0.1 * len(y_index))))
-            if len(y_index) - n_held < n_classes:
-                return None
-            return train_test_split(np.arange(len(y_index)), test_size=n_held, stratify=y_index,
-                                    random_state=self.random_state)[1]
-        cv = held_out_splitter(y_index, min(10, smallest_class(y_index, groups)),
-                               self.random_state, groups)
-        return None if cv is None else next(cv.split(y_index, y_index, groups))[1]
-
-    def predict_proba(self, X):
-        X = checked_input(self, X)
-        w1, b1, w2, b2 = self.weights_
-        h = np.maximum(np.asarray(X, dtype=np.float64) @ w1 + b1, 0.0)
-        return softmax(h @ w2 + b2)
-
-    def predict(self, X):
-        proba = self.predict_proba(X)
-        return self.classes_[np.argmax(proba, axis=1)]
-
-
-# --------------------------------------------------------------------------- pipelines
 
 def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weight=None,
-                  seed: int = 0) -> Pipeline:
-    """An unfitted pipeline for `kind` (see KINDS)."""
+                  seed: int = 0):
+    """An unfitted sklearn Pipeline for `kind` (see KINDS): scaling, optional PCA, classifier."""
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
     if scaling not in SCALINGS:
         raise UserError(f"--scaling {scaling!r}: choose one of {', '.join(SCALINGS)}")
     steps = []
@@ -385,23 +48,27 @@ def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weigh
         steps.append(("scale", StandardScaler()))
     if pca:
         steps.append(("pca", PCA(n_components=pca, whiten=True, random_state=seed)))
+    steps.append(("clf", _classifier(kind, class_weight, seed)))
+    return Pipeline(steps)
+
+
+def _classifier(kind: str, class_weight, seed: int):
+    from features import estimators as est
+
     if kind == "svm":
-        clf = TemperedLinearSVC(class_weight=class_weight, random_state=seed)
-    elif kind == "logistic":
+        return est.TemperedLinearSVC(class_weight=class_weight, random_state=seed)
+    if kind == "logistic":
         from sklearn.linear_model import LogisticRegression
 
-        clf = LogisticRegression(max_iter=1000, class_weight=class_weight, random_state=seed)
-    elif kind == "sgd":
-        clf = TemperedSGD(class_weight=class_weight, random_state=seed)
-    elif kind == "mlp":
-        clf = NumpyMLP(class_weight=class_weight, random_state=seed)
-    elif kind in ("svm-rbf", "svm-poly"):
-        clf = TemperedKernelSVC(kernel=kind.split("-")[1], class_weight=class_weight,
-                                random_state=seed)
-    else:
-        raise UserError(f"unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
-    steps.append(("clf", clf))
-    return Pipeline(steps)
+        return LogisticRegression(max_iter=1000, class_weight=class_weight, random_state=seed)
+    if kind == "sgd":
+        return est.TemperedSGD(class_weight=class_weight, random_state=seed)
+    if kind == "mlp":
+        return est.NumpyMLP(class_weight=class_weight, random_state=seed)
+    if kind in ("svm-rbf", "svm-poly"):
+        return est.TemperedKernelSVC(kernel=kind.split("-")[1], class_weight=class_weight,
+                                     random_state=seed)
+    raise UserError(f"unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
 def param_grid(kind: str) -> dict:
@@ -444,6 +111,8 @@ def check_labels(y, class_names, where="train split"):
 def cv_splitter(y, folds: int, seed: int, groups=None):
     """Stratified k-fold on the train split; with `groups` (the image of each augmented view),
     every view of an image stays in one fold, so CV never scores an image whose views it saw."""
+    from features.estimators import smallest_class, stratified_folds
+
     smallest = smallest_class(y, groups)
     folds = min(int(folds), smallest)
     if folds < 2:
@@ -454,7 +123,7 @@ def cv_splitter(y, folds: int, seed: int, groups=None):
 
 def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="standard", pca=None,
              class_weight=None, seed=0, folds=5, n_jobs=1, refit_on="train+val", grid=None,
-             mlp_params=None, groups=None) -> tuple[Pipeline, dict]:
+             mlp_params=None, groups=None):
     """Choose hyper-parameters by stratified k-fold CV on (X_train, y_train), refit, return
     (fitted pipeline, info with cv scores and chosen params). Never sees any test data."""
     started = time.time()
@@ -465,59 +134,84 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
     grid = param_grid(kind) if grid is None else grid
     info = {"kind": kind, "scaling": scaling, "pca": pca, "class_weight": class_weight,
             "folds": cv.get_n_splits(), "grid": grid, "grouped_cv": groups is not None}
+    train, val = (X_train, y_train, groups), (X_val, y_val)
     if kind == "mlp":
-        scores = []
-        for fit_idx, held in cv.split(X_train, y_train, groups):
-            p = clone(pipe)
-            _fit_mlp_pipeline(p, X_train[fit_idx], y_train[fit_idx], X_val, y_val,
-                              None if groups is None else np.asarray(groups)[fit_idx])
-            scores.append(float(np.mean(p.predict(X_train[held]) == y_train[held])))
-        info.update(best_params={}, cv_scores=scores, candidates=[])
-        final = clone(pipe)
-        _fit_mlp_pipeline(final, X_train, y_train, X_val, y_val, groups)
-        clf = final.named_steps["clf"]
-        info.update(refit_on="train (val for early stopping)", epochs=clf.n_epochs_,
-                    best_epoch=clf.best_epoch_)
+        final = _cv_and_fit_mlp(pipe, cv, train, val, info)
     else:
-        search_pipe = clone(pipe).set_params(**_search_params(kind))
-        if grid:
-            search = GridSearchCV(search_pipe, grid, cv=cv, scoring="accuracy", n_jobs=n_jobs,
-                                  refit=False, error_score="raise")
-            search.fit(X_train, y_train, groups=groups)
-            best = search.best_index_
-            scores = [float(search.cv_results_[f"split{i}_test_score"][best])
-                      for i in range(cv.get_n_splits())]
-            best_params = dict(search.best_params_)
-            candidates = [{"params": dict(p), "cv_mean": float(m), "cv_std": float(s)}
-                          for p, m, s in zip(search.cv_results_["params"],
-                                             search.cv_results_["mean_test_score"],
-                                             search.cv_results_["std_test_score"])]
-        else:
-            from sklearn.model_selection import cross_val_score
-
-            scores = [float(s) for s in cross_val_score(search_pipe, X_train, y_train, cv=cv,
-                                                        scoring="accuracy", n_jobs=n_jobs,
-                                                        groups=groups)]
-            best_params, candidates = {}, []
-        info.update(best_params=best_params, cv_scores=scores, candidates=candidates)
-        final = clone(pipe).set_params(**best_params, **_final_params(kind))
-        if refit_on == "train+val" and X_val is not None and len(X_val):
-            # val rows are plain images: each its own group, numbered after the train images
-            all_groups = None if groups is None else np.concatenate(
-                [groups, np.max(groups) + 1 + np.arange(len(X_val))])
-            final.fit(np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val]),
-                      **_group_params(final, all_groups))
-            info["refit_on"] = "train+val"
-        else:
-            final.fit(X_train, y_train, **_group_params(final, groups))
-            info["refit_on"] = "train"
+        info.update(_cv_search(clone_with(pipe, _search_params(kind)), grid, cv, train, n_jobs))
+        final = clone_with(pipe, {**info["best_params"], **_final_params(kind)})
+        info["refit_on"] = _refit(final, train, val, refit_on)
     info["cv_mean"] = float(np.mean(info["cv_scores"]))
     info["cv_std"] = float(np.std(info["cv_scores"]))
     info["fit_seconds"] = round(time.time() - started, 2)
     return final, info
 
 
-def _group_params(pipe: Pipeline, groups) -> dict:
+def clone_with(pipe, params: dict):
+    """An unfitted copy of `pipe` with `params` set."""
+    from sklearn.base import clone
+
+    return clone(pipe).set_params(**params)
+
+
+def _cv_search(pipe, grid: dict, cv, train, n_jobs) -> dict:
+    """{best_params, cv_scores (the best candidate's folds), candidates} by GridSearchCV (or
+    plain cross-validation when there is nothing to choose)."""
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+
+    X, y, groups = train
+    if not grid:
+        scores = cross_val_score(pipe, X, y, cv=cv, scoring="accuracy", n_jobs=n_jobs,
+                                 groups=groups)
+        return {"best_params": {}, "cv_scores": [float(s) for s in scores], "candidates": []}
+    search = GridSearchCV(pipe, grid, cv=cv, scoring="accuracy", n_jobs=n_jobs, refit=False,
+                          error_score="raise")
+    search.fit(X, y, groups=groups)
+    results, best = search.cv_results_, search.best_index_
+    return {"best_params": dict(search.best_params_),
+            "cv_scores": [float(results[f"split{i}_test_score"][best])
+                          for i in range(cv.get_n_splits())],
+            "candidates": [{"params": dict(p), "cv_mean": float(m), "cv_std": float(s)}
+                           for p, m, s in zip(results["params"], results["mean_test_score"],
+                                              results["std_test_score"])]}
+
+
+def _refit(final, train, val, refit_on: str) -> str:
+    """Fit the chosen pipeline on train, or on train+val; returns which rows it saw."""
+    X, y, groups = train
+    X_val, y_val = val
+    if refit_on == "train+val" and X_val is not None and len(X_val):
+        # val rows are plain images: each its own group, numbered after the train images
+        all_groups = None if groups is None else np.concatenate(
+            [groups, np.max(groups) + 1 + np.arange(len(X_val))])
+        final.fit(np.concatenate([X, X_val]), np.concatenate([y, y_val]),
+                  **_group_params(final, all_groups))
+        return "train+val"
+    final.fit(X, y, **_group_params(final, groups))
+    return "train"
+
+
+def _cv_and_fit_mlp(pipe, cv, train, val, info: dict):
+    """The MLP has nothing to search: score it by CV (val for early stopping in every fold),
+    then fit it on all of train; fills `info`, returns the fitted pipeline."""
+    from sklearn.base import clone
+
+    X, y, groups = train
+    scores = []
+    for fit_idx, held in cv.split(X, y, groups):
+        p = clone(pipe)
+        _fit_mlp_pipeline(p, X[fit_idx], y[fit_idx], *val,
+                          None if groups is None else np.asarray(groups)[fit_idx])
+        scores.append(float(np.mean(p.predict(X[held]) == y[held])))
+    final = _fit_mlp_pipeline(clone(pipe), X, y, *val, groups)
+    clf = final.named_steps["clf"]
+    info.update(best_params={}, cv_scores=scores, candidates=[],
+                refit_on="train (val for early stopping)", epochs=clf.n_epochs_,
+                best_epoch=clf.best_epoch_)
+    return final
+
+
+def _group_params(pipe, groups) -> dict:
     """`clf__groups` for a final fit when the classifier holds rows out internally (SVM
     temperature, SGD temperature) and the rows are augmented views of images; else nothing."""
     import inspect
@@ -527,7 +221,7 @@ def _group_params(pipe: Pipeline, groups) -> dict:
     return {f"{pipe.steps[-1][0]}__groups": np.asarray(groups)}
 
 
-def _fit_mlp_pipeline(pipe: Pipeline, X, y, X_val, y_val, groups=None):
+def _fit_mlp_pipeline(pipe, X, y, X_val, y_val, groups=None):
     """Fit the preprocessing on X, then the MLP with early stopping on the transformed val rows."""
     pre = pipe[:-1]
     Xt = pre.fit_transform(X, y) if len(pre.steps) else X
@@ -536,107 +230,3 @@ def _fit_mlp_pipeline(pipe: Pipeline, X, y, X_val, y_val, groups=None):
         Xv = pre.transform(X_val) if len(pre.steps) else X_val
     pipe.steps[-1][1].fit(Xt, y, X_val=Xv, y_val=y_val, groups=groups)
     return pipe
-
-
-# --------------------------------------------------------------------------- layer spec
-
-def head_layer_spec(pipeline) -> list[dict]:
-    """Express a fitted head as numpy ops on the flattened, concatenated features.
-
-    Ops: {"op": "l2"} (x / max(||x||, 1e-12) row-wise) and {"op": "dense", "kernel": float32
-    (d_in, d_out), "bias": float32 (d_out,), "activation": "linear" | "relu" | "softmax"}.
-    StandardScaler and PCA (whiten too) are folded into the next dense kernel/bias. Kernel SVMs
-    cannot be expressed: UserError naming the alternatives.
-    """
-    steps = list(pipeline.steps) if isinstance(pipeline, Pipeline) else [("clf", pipeline)]
-    spec: list[dict] = []
-    affine = None   # (M, c): x -> x @ M + c, pending to be folded into the next dense layer
-
-    def compose(m, c):
-        nonlocal affine
-        if affine is None:
-            affine = (m, c)
-        else:
-            m0, c0 = affine
-            affine = (m0 @ m, c0 @ m + c)
-
-    def dense(kernel, bias, activation):
-        nonlocal affine
-        kernel = np.asarray(kernel, np.float64)
-        bias = np.asarray(bias, np.float64)
-        if affine is not None:
-            m, c = affine
-            kernel, bias = m @ kernel, c @ kernel + bias
-            affine = None
-        spec.append({"op": "dense", "kernel": kernel.astype(np.float32),
-                     "bias": bias.astype(np.float32), "activation": activation})
-
-    for name, step in steps:
-        if step is None or step == "passthrough":
-            continue
-        if isinstance(step, Normalizer):
-            if step.norm != "l2":
-                raise UserError(f"Normalizer(norm={step.norm!r}) cannot be expressed; use l2")
-            if affine is not None:
-                dense(np.eye(affine[0].shape[1]), np.zeros(affine[0].shape[1]), "linear")
-            spec.append({"op": "l2"})
-        elif isinstance(step, StandardScaler):
-            d = step.n_features_in_
-            mean = step.mean_ if step.with_mean and step.mean_ is not None else np.zeros(d)
-            scale = step.scale_ if step.with_std and step.scale_ is not None else np.ones(d)
-            inv = 1.0 / np.asarray(scale, np.float64)
-            compose(np.diag(inv), -np.asarray(mean, np.float64) * inv)
-        elif isinstance(step, PCA):
-            comp = np.asarray(step.components_, np.float64)
-            m = comp.T
-            c = -np.asarray(step.mean_, np.float64) @ comp.T
-            if step.whiten:
-                s = 1.0 / np.sqrt(np.asarray(step.explained_variance_, np.float64))
-                m, c = m * s, c * s
-            compose(m, c)
-        elif isinstance(step, SoftmaxLinearMixin):
-            dense(*step.linear_params(), "softmax")
-        elif _is_logistic(step):
-            coef = np.asarray(step.coef_, np.float64)
-            intercept = np.asarray(step.intercept_, np.float64).reshape(-1)
-            if coef.shape[0] == 1:
-                coef = np.vstack([np.zeros_like(coef), coef])
-                intercept = np.concatenate([[0.0], intercept])
-            dense(coef.T, intercept, "softmax")
-        elif isinstance(step, NumpyMLP):
-            w1, b1, w2, b2 = step.weights_
-            dense(w1, b1, "relu")
-            dense(w2, b2, "softmax")
-        else:
-            raise UserError(f"a {type(step).__name__} head cannot be expressed as network layers; "
-                            f"use {NOT_EXPRESSIBLE}")
-    if not spec or spec[-1]["op"] != "dense" or spec[-1]["activation"] != "softmax":
-        raise UserError("this pipeline has no classifier step that can be expressed as layers; "
-                        f"use {NOT_EXPRESSIBLE}")
-    return spec
-
-
-def _is_logistic(step) -> bool:
-    from sklearn.linear_model import LogisticRegression
-
-    return isinstance(step, LogisticRegression)
-
-
-def apply_layer_spec(spec: list[dict], X) -> np.ndarray:
-    """Numpy reference of a layer spec: probabilities for features X (n, d)."""
-    x = np.asarray(X, dtype=np.float64)
-    x = x.reshape(len(x), -1)
-    for op in spec:
-        if op["op"] == "l2":
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        elif op["op"] == "dense":
-            x = x @ np.asarray(op["kernel"], np.float64) + np.asarray(op["bias"], np.float64)
-            if op["activation"] == "relu":
-                x = np.maximum(x, 0.0)
-            elif op["activation"] == "softmax":
-                x = softmax(x)
-            elif op["activation"] != "linear":
-                raise ValueError(f"unknown activation {op['activation']!r}")
-        else:
-            raise ValueError(f"unknown op {op['op']!r}")
-    return x

@@ -127,7 +127,7 @@ def test_transplant_equals_head(data, key):
         # ...and the network on the images reproduces it too
         model, _ = feature_model_from_provenance(prov)
         net = build_network(model, spec, cache.class_names)
-        check = transplant_check(net, cache, rows, prov["data_dir"], proba)
+        check = transplant_check(net, cache, rows, prov.data_dir, proba)
         assert check["n"] == len(rows)
         assert check["agreement"] >= 0.995, (name, check)
         assert check["max_abs_prob_diff"] <= 1e-3, (name, check)
@@ -163,7 +163,6 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
         cached_features,
         head_feature_layers,
         load_head_spec,
-        network_provenance,
         open_cache,
         transplant_check,
     )
@@ -182,10 +181,10 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
     head = load_head_spec(path)
     opened = open_cache(FinetuneOptions(), head)
     assert head_feature_layers(head, opened) == layers
-    model, _ = feature_model_from_provenance(network_provenance(opened.provenance(), layers))
+    model, _ = feature_model_from_provenance(opened.provenance().with_taps(layers))
     net = build_network(model, head["spec"], opened.class_names)
     rows = np.flatnonzero(opened.split_mask("test"))
-    check = transplant_check(net, opened, rows, opened.provenance()["data_dir"],
+    check = transplant_check(net, opened, rows, opened.provenance().data_dir,
                              head["predict_proba"], layers)
     assert check["agreement"] >= 0.995 and check["max_abs_prob_diff"] <= 1e-3, (kind, check)
 
@@ -290,7 +289,7 @@ def test_short_finetune_improves_over_start(data, tmp_path):
     assert names == list(cache.class_names) and size == 32
     from bottleneck.data.images import load_batch
     rows = np.flatnonzero(cache.split_mask("test"))
-    images, ok, bad = load_batch([os.path.join(cache.provenance()["data_dir"], cache.paths[r])
+    images, ok, bad = load_batch([os.path.join(cache.provenance().data_dir, cache.paths[r])
                                   for r in rows], size)
     probs = predict(images)
     assert probs.shape == (len(rows), len(names))

@@ -137,7 +137,8 @@ def test_held_out_rows_of_heads_are_whole_images_on_views():
     views look predictable (an overconfident temperature); grouped, they cannot."""
     from sklearn.svm import LinearSVC
 
-    from features.heads import NumpyMLP, _group_params, cv_temperature, make_pipeline
+    from features.estimators import NumpyMLP, cv_temperature
+    from features.heads import _group_params, make_pipeline
 
     rng = np.random.default_rng(0)
     n, k, d = 80, 4, 120

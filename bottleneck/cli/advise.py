@@ -80,7 +80,7 @@ def run(args, say):
         from features.store import Cache
 
         with Cache(args.features) as cache:
-            cache_info = cache.provenance()
+            cache_info = cache.provenance().to_json()
             cache_counts = {c: int((cache.labels == i).sum())
                             for i, c in enumerate(cache.class_names)}
             if sweep is None:

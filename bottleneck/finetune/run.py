@@ -73,7 +73,7 @@ class FinetuneOptions:
 def load_head_spec(path: str) -> dict:
     """{'spec', 'provenance', 'kind', 'predict_proba', 'scores'} from a saved head (.joblib)."""
     from features.headfile import load_head
-    from features.heads import head_layer_spec
+    from features.spec import head_layer_spec
 
     bundle = load_head(path)
     try:
@@ -84,7 +84,7 @@ def load_head_spec(path: str) -> dict:
         raise UserError(f"{exc} -- this head cannot become network layers exactly: use "
                         "--head-init random (classic route), or refit a linear head "
                         "(logistic, linear SVM, SGD) or an MLP and pass that") from exc
-    return {"spec": spec, "provenance": dict(bundle["provenance"]), "kind": bundle.get("kind"),
+    return {"spec": spec, "provenance": bundle["provenance"], "kind": bundle.get("kind"),
             "predict_proba": bundle["pipeline"].predict_proba, "bundle": bundle,
             "scores": bundle.get("scores", {})}
 
@@ -93,8 +93,8 @@ def open_cache(opts: FinetuneOptions, head: dict | None):
     """The cache whose split and images we train on; checked against the head's provenance."""
     from features.store import Cache
 
-    prov = (head or {}).get("provenance") or {}
-    path = opts.features or prov.get("cache_path")
+    prov = (head or {}).get("provenance")
+    path = opts.features or (prov.cache_path if prov else None)
     if not path:
         raise UserError("no feature cache: pass --features FILE.h5 (the cache the head was fit on)")
     cache = Cache(path)
@@ -102,16 +102,8 @@ def open_cache(opts: FinetuneOptions, head: dict | None):
         return cache
     from features.headfile import check_head_matches
 
-    try:
-        if head.get("bundle") is not None:
-            check_head_matches(head["bundle"], cache)
-        else:   # a head given as a bare spec + provenance (library use, tests)
-            theirs = cache.provenance()
-            for key in ("backbone", "alpha", "weights", "image_size", "pool", "class_names"):
-                if prov.get(key) != theirs.get(key):
-                    raise UserError(f"{cache.path} does not match the head ({key}: head "
-                                    f"{prov.get(key)!r}, cache {theirs.get(key)!r}); pass the "
-                                    "cache the head was fit on with --features")
+    try:   # a bare spec + provenance (library use, tests) is checked like a head file
+        check_head_matches(head.get("bundle") or {"provenance": prov}, cache)
     except UserError:
         cache.close()
         raise
@@ -120,24 +112,17 @@ def open_cache(opts: FinetuneOptions, head: dict | None):
 
 def head_feature_layers(head: dict | None, cache) -> list[str]:
     """The cache layers the head reads, in its concatenation order (all layers by default)."""
-    layers = list(((head or {}).get("provenance") or {}).get("feature_layers") or cache.layers)
+    prov = (head or {}).get("provenance")
+    layers = list(prov.taps if prov is not None else cache.layers)
     missing = [layer for layer in layers if layer not in cache.layers]
     if missing:
         raise UserError(f"the head reads {', '.join(missing)}, which {cache.path} does not hold")
     return layers
 
 
-def network_provenance(prov: dict, layers: list[str]) -> dict:
-    """`prov` with only the taps `layers` (in that order): the network computes just those."""
-    index = dict(zip(prov["layers"], prov["layer_indices"]))
-    return {**prov, "layers": list(layers), "layer_indices": [index[layer] for layer in layers]}
-
-
 def cached_features(cache, rows, layers=None) -> np.ndarray:
     """The head's input: `layers` (default all) flattened and concatenated in order."""
-    from features.heads import load_features
-
-    return load_features(cache, layers or cache.layers, rows)
+    return cache.features(layers or cache.layers, rows)
 
 
 def refit_head_on_train(head: dict, cache, layers, train_rows, say) -> dict:
@@ -145,7 +130,7 @@ def refit_head_on_train(head: dict, cache, layers, train_rows, say) -> dict:
     checkpoint and stop early: refit a copy on the train rows only, same hyper-parameters."""
     from sklearn.base import clone
 
-    from features.heads import head_layer_spec
+    from features.spec import head_layer_spec
 
     started = time.time()
     pipeline = clone(head["bundle"]["pipeline"])
@@ -372,8 +357,8 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
             raise UserError("--head-init random needs --features FILE.h5 for the split and network")
         cache = open_cache(opts, None)
     layers = head_feature_layers(head, cache)
-    prov = network_provenance(cache.provenance(), layers)
-    data_dir = opts.data or prov["data_dir"]
+    prov = cache.provenance().with_taps(layers)
+    data_dir = opts.data or prov.data_dir
     if not os.path.isdir(data_dir):
         raise UserError(f"the images are not at {data_dir!r} any more; pass --data DIR")
     class_names = list(cache.class_names)
@@ -385,7 +370,7 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
     paths = _paths(opts.out)
     report_dir = opts.report or (paths["best"][:-6] + "_report")
     info = {"route": opts.head_init, "head_kind": head.get("kind") if head else "random",
-            "from_head": opts.from_head, "provenance": prov}
+            "from_head": opts.from_head, "provenance": prov.to_json()}
 
     # -- rows of each split
     rows = {name: np.flatnonzero(cache.split_mask(name)) for name in ("train", "val", "test")}
@@ -404,7 +389,7 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
 
     def split_ds(name, shuffle=False, cache_images=False):
         r = rows[name]
-        return labelled_dataset([files[i] for i in r], cache.labels[r], int(prov["image_size"]),
+        return labelled_dataset([files[i] for i in r], cache.labels[r], prov.image_size,
                                 opts.batch_size, shuffle=shuffle, seed=opts.seed,
                                 cache=cache_images)
 
@@ -584,7 +569,7 @@ def _run_finetune(opts: FinetuneOptions, say=print) -> dict:
     best = keras.saving.load_model(paths["best"], compile=False)
     result = {
         "model": paths["best"], "route": opts.head_init, "head_kind": info["head_kind"],
-        "backbone": prov["backbone"], "image_size": int(prov["image_size"]),
+        "backbone": prov.backbone, "image_size": prov.image_size,
         "transplant_agreement": None if check is None else check["agreement"],
         "transplant_max_abs_prob_diff": None if check is None else check["max_abs_prob_diff"],
         "transplant_n": None if check is None else check["n"],

@@ -1,0 +1,349 @@
+"""The custom scikit-learn classifiers behind the heads, and the cross-validation helpers they share.
+
+Probabilities are DEFINED as:
+
+* linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
+  on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
+* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained with Keras, kept as numpy arrays;
+* kernel SVM: softmax(temperature * one-vs-rest decision function), like the linear SVM (not
+  expressible as layers).
+
+Each follows scikit-learn's estimator contract (tests/test_estimator_checks.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def as_logits(decision: np.ndarray) -> np.ndarray:
+    """(n, k) logits from a decision function: binary (n,) -> [0, z]."""
+    decision = np.asarray(decision, dtype=np.float64)
+    if decision.ndim == 1:
+        return np.stack([np.zeros_like(decision), decision], axis=1)
+    return decision
+
+
+def fit_temperature(decision: np.ndarray, y_index: np.ndarray) -> float:
+    """The T > 0 minimising the log-loss of softmax(T * logits) on held-out decision values."""
+    from scipy.optimize import minimize_scalar
+
+    logits = as_logits(decision)
+    y_index = np.asarray(y_index)
+
+    def loss(log_t):
+        p = softmax(np.exp(log_t) * logits)
+        return -np.mean(np.log(np.clip(p[np.arange(len(y_index)), y_index], 1e-15, None)))
+
+    res = minimize_scalar(loss, bounds=(-7.0, 7.0), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def smallest_class(y_index, groups=None) -> int:
+    """Images in the rarest class: rows, or distinct `groups` (images) when rows are views."""
+    y_index = np.asarray(y_index)
+    if groups is not None:
+        y_index = y_index[np.unique(np.asarray(groups), return_index=True)[1]]
+    return int(np.bincount(y_index).min()) if len(y_index) else 0
+
+
+def stratified_folds(folds: int, random_state, groups=None):
+    """Shuffled stratified k-fold; grouped (every view of an image in one fold) with `groups`."""
+    kind = StratifiedKFold if groups is None else StratifiedGroupKFold
+    return kind(folds, shuffle=True, random_state=random_state)
+
+
+def held_out_splitter(y_index, folds: int, random_state, groups=None):
+    """Stratified folds, grouped when `groups` names the image of each row (augmented views), so
+    no image is scored by a model that saw one of its views; None when a class has too few."""
+    if folds < 2 or smallest_class(y_index, groups) < folds:
+        return None
+    return stratified_folds(folds, random_state, groups)
+
+
+@contextlib.contextmanager
+def quiet_convergence():
+    """Silence scikit-learn's ConvergenceWarning: the iteration caps are deliberate, and the
+    CV score, not the solver's tolerance, says whether a head is good."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
+
+
+def cv_temperature(make_svc, X, y, classes, folds, random_state, groups=None) -> float:
+    """The softmax temperature of an SVM: fitted by log-loss on `folds`-fold cross-validated
+    decision values of fresh `make_svc()` models, grouped by image when `groups` is given
+    (1.0 when there are too few images)."""
+    y_index = np.searchsorted(classes, y)
+    cv = held_out_splitter(y_index, int(folds or 0), random_state, groups)
+    if cv is None:
+        return 1.0
+    decision = np.zeros((len(y),) if len(classes) == 2 else (len(y), len(classes)))
+    for fit_idx, held in cv.split(X, y, groups):
+        decision[held] = make_svc().fit(X[fit_idx], y[fit_idx]).decision_function(X[held])
+    return fit_temperature(decision, y_index)
+
+
+def checked_input(estimator, X) -> np.ndarray:
+    """X for a fitted estimator's predict-side method: sklearn's own checks (fitted, 2-D, finite,
+    dense, the width it was fitted on)."""
+    check_is_fitted(estimator)
+    return validate_data(estimator, X, reset=False)
+
+
+def checked_training_data(estimator, X, y):
+    """(X, y) for fit: sklearn's own checks (2-D finite dense X, 1-D classification y, equal
+    lengths); records n_features_in_."""
+    X, y = validate_data(estimator, X, y)
+    check_classification_targets(y)
+    return X, y
+
+
+class TemperedSoftmaxMixin:
+    """predict_proba = softmax(temperature_ * logits(decision_function)); predict = its argmax."""
+
+    def predict_proba(self, X):
+        decision = self.decision_function(X)
+        return softmax(self.temperature_ * as_logits(decision))
+
+    def predict(self, X):
+        decision = self.decision_function(X)
+        return self.classes_[np.argmax(as_logits(decision), axis=1)]
+
+
+class SoftmaxLinearMixin(TemperedSoftmaxMixin):
+    """A tempered-softmax model that is linear, hence expressible as one Dense layer."""
+
+    def decision_function(self, X):
+        X = checked_input(self, X)
+        out = np.asarray(X, dtype=np.float64) @ np.asarray(self.coef_).T + self.intercept_
+        return out.ravel() if out.shape[1] == 1 else out
+
+    def linear_params(self):
+        """(kernel (d, k), bias (k,)) such that softmax(X @ kernel + bias) == predict_proba(X)."""
+        coef = np.asarray(self.coef_, dtype=np.float64)
+        intercept = np.asarray(self.intercept_, dtype=np.float64).reshape(-1)
+        if coef.shape[0] == 1:   # binary: logits [0, z]
+            coef = np.vstack([np.zeros_like(coef), coef])
+            intercept = np.concatenate([[0.0], intercept])
+        return self.temperature_ * coef.T, self.temperature_ * intercept
+
+
+class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
+    """LinearSVC whose probabilities are softmax(T * decision_function), T fitted by log-loss on
+    cross-validated decision values (`temperature_cv` folds; 0 keeps T = 1, used inside searches)."""
+
+    def __init__(self, C=1.0, class_weight=None, max_iter=5000, temperature_cv=3, random_state=0):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.temperature_cv = temperature_cv
+        self.random_state = random_state
+
+    def _svc(self):
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
+                         random_state=self.random_state)
+
+    def fit(self, X, y, groups=None):
+        X, y = checked_training_data(self, X, y)
+        with quiet_convergence():
+            svc = self._svc().fit(X, y)
+            self.classes_ = svc.classes_
+            self.coef_, self.intercept_ = svc.coef_, svc.intercept_
+            self.n_iter_ = svc.n_iter_
+            self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
+                                               self.temperature_cv, self.random_state, groups)
+        return self
+
+
+class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
+    """A kernel SVC (one-vs-rest decision function) whose probabilities are
+    softmax(T * decision_function), T fitted like TemperedLinearSVC's. Not expressible as layers."""
+
+    def __init__(self, kernel="rbf", C=1.0, gamma="scale", degree=3, class_weight=None,
+                 temperature_cv=3, random_state=0):
+        self.kernel = kernel
+        self.C = C
+        self.gamma = gamma
+        self.degree = degree
+        self.class_weight = class_weight
+        self.temperature_cv = temperature_cv
+        self.random_state = random_state
+
+    def _svc(self):
+        from sklearn.svm import SVC
+
+        return SVC(kernel=self.kernel, C=self.C, gamma=self.gamma, degree=self.degree,
+                   class_weight=self.class_weight, decision_function_shape="ovr",
+                   random_state=self.random_state)
+
+    def fit(self, X, y, groups=None):
+        X, y = checked_training_data(self, X, y)
+        self.svc_ = self._svc().fit(X, y)
+        self.classes_ = self.svc_.classes_
+        self.temperature_ = cv_temperature(self._svc, X, y, self.classes_, self.temperature_cv,
+                                           self.random_state, groups)
+        return self
+
+    def decision_function(self, X):
+        X = checked_input(self, X)
+        return self.svc_.decision_function(X)
+
+
+class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
+    """A linear model trained by SGD (`partial_fit` over chunks for out-of-core data), with
+    probabilities softmax(T * decision_function); T fitted on held-out decision values."""
+
+    def __init__(self, alpha=1e-4, loss="hinge", class_weight=None, random_state=0):
+        self.alpha = alpha
+        self.loss = loss
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def _sgd(self):
+        from sklearn.linear_model import SGDClassifier
+
+        return SGDClassifier(loss=self.loss, alpha=self.alpha, class_weight=self.class_weight,
+                             random_state=self.random_state, learning_rate="optimal",
+                             average=True)
+
+    def fit(self, X, y, groups=None):
+        X, y = checked_training_data(self, X, y)
+        with quiet_convergence():
+            return self._fit(X, y, groups)
+
+    def _fit(self, X, y, groups=None):
+        sgd = self._sgd()
+        sgd.set_params(max_iter=50, tol=1e-4)
+        sgd.fit(X, y)
+        self.adopt(sgd)
+        # temperature on a held-out quarter (whole images when grouped), refit kept on everything
+        y_index = np.searchsorted(self.classes_, y)
+        cv = (held_out_splitter(y_index, 4, self.random_state, groups)
+              or held_out_splitter(y_index, 2, self.random_state, groups))
+        if cv is not None:
+            fit_idx, held = next(cv.split(X, y, groups))
+            part = self._sgd().set_params(max_iter=50, tol=1e-4).fit(X[fit_idx], y[fit_idx])
+            self.temperature_ = fit_temperature(part.decision_function(X[held]), y_index[held])
+        return self
+
+    def adopt(self, sgd, temperature=1.0):
+        """Take the weights of a fitted SGDClassifier (e.g. after partial_fit over chunks)."""
+        self.classes_ = sgd.classes_
+        self.coef_, self.intercept_ = sgd.coef_.copy(), sgd.intercept_.copy()
+        self.n_features_in_ = sgd.coef_.shape[1]
+        self.temperature_ = float(temperature)
+        return self
+
+
+class NumpyMLP(ClassifierMixin, BaseEstimator):
+    """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained with Keras (Adam,
+    early stopping on a validation set, seeded) and stored as numpy arrays: predict_proba is pure
+    numpy, so loading a head needs no TensorFlow. `weights_` = [W1, b1, W2, b2]."""
+
+    def __init__(self, hidden=256, dropout=0.5, learning_rate=1e-3, l2=1e-4, batch_size=32,
+                 max_epochs=200, patience=10, class_weight=None, random_state=0):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    def fit(self, X, y, X_val=None, y_val=None, groups=None):
+        from features.tf import keras
+
+        X, y = checked_training_data(self, X, y)
+        X = np.asarray(X, dtype=np.float32)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError("NumpyMLP needs samples of at least 2 classes in the data, but the "
+                             f"data contains only one class: {self.classes_[0]!r}")
+        k = max(2, len(self.classes_))
+        y_index = np.searchsorted(self.classes_, y)
+        if X_val is None or len(X_val) == 0:
+            # no validation split in the cache: hold out a stratified tenth of the training rows
+            # (of the training images, all views of each, when grouped)
+            held = self._holdout(y_index, groups) if len(y) >= 20 else None
+            if held is not None:
+                fit_idx = np.setdiff1d(np.arange(len(y)), held)
+                X, X_val, y_index, yv_index = X[fit_idx], X[held], y_index[fit_idx], y_index[held]
+            else:
+                X_val, yv_index = X, y_index
+        else:
+            yv_index = np.searchsorted(self.classes_, y_val)
+        keras.utils.set_random_seed(int(self.random_state))
+        reg = keras.regularizers.L2(self.l2) if self.l2 else None
+        inputs = keras.Input((X.shape[1],), dtype="float32")
+        h = keras.layers.Dense(self.hidden, activation="relu", kernel_regularizer=reg)(inputs)
+        h = keras.layers.Dropout(self.dropout, seed=int(self.random_state))(h)
+        out = keras.layers.Dense(k, activation="softmax", kernel_regularizer=reg)(h)
+        model = keras.Model(inputs, out)
+        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        weights = None
+        if self.class_weight == "balanced":
+            counts = np.bincount(y_index, minlength=k).astype(float)
+            weights = {i: len(y_index) / (k * c) for i, c in enumerate(counts) if c}
+        elif isinstance(self.class_weight, dict):   # {class label: weight}, as scikit-learn's
+            weights = {i: float(self.class_weight.get(c, 1.0))
+                       for i, c in enumerate(self.classes_)}
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
+                                             restore_best_weights=True)
+        history = model.fit(X, y_index, validation_data=(np.asarray(X_val, np.float32), yv_index),
+                            epochs=self.max_epochs, batch_size=self.batch_size, verbose=0,
+                            shuffle=True, callbacks=[stop], class_weight=weights)
+        self.weights_ = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
+        self.n_epochs_ = len(history.history["loss"])
+        self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
+        self.n_features_in_ = X.shape[1]
+        keras.backend.clear_session()
+        return self
+
+    def _holdout(self, y_index, groups=None):
+        """Rows of a stratified tenth held out for early stopping (whole images when grouped)."""
+        if np.bincount(y_index).min() < 2:
+            return None
+        if groups is None:
+            from sklearn.model_selection import train_test_split
+
+            n_classes = len(np.unique(y_index))
+            n_held = max(n_classes, int(np.ceil(0.1 * len(y_index))))
+            if len(y_index) - n_held < n_classes:
+                return None
+            return train_test_split(np.arange(len(y_index)), test_size=n_held, stratify=y_index,
+                                    random_state=self.random_state)[1]
+        cv = held_out_splitter(y_index, min(10, smallest_class(y_index, groups)),
+                               self.random_state, groups)
+        return None if cv is None else next(cv.split(y_index, y_index, groups))[1]
+
+    def predict_proba(self, X):
+        X = checked_input(self, X)
+        w1, b1, w2, b2 = self.weights_
+        h = np.maximum(np.asarray(X, dtype=np.float64) @ w1 + b1, 0.0)
+        return softmax(h @ w2 + b2)
+
+    def predict(self, X):
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
