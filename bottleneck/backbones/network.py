@@ -1,7 +1,8 @@
 """The feature network: family preprocessing, the frozen body cut at its taps, and pooling.
 
 The same builder serves `extract`, `predict` and `finetune`, so a tap is computed identically
-everywhere: raw RGB in [0, 255] -> Preprocess -> body up to the tapped layers -> pooling.
+everywhere: raw RGB in [0, 255] -> the family's preprocessing (as a stock layer) -> body up to the
+tapped layers -> pooling.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 
 @keras.saving.register_keras_serializable(package="bottleneck")
 class Preprocess(keras.layers.Layer):
-    """Applies `keras.applications.<module>.preprocess_input` inside the graph (float32)."""
+    """Models saved before preprocessing became a stock layer hold this one: kept so they load.
+    New networks use `preprocess_layer` instead."""
 
     def __init__(self, module: str, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -33,6 +35,31 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "module": self.module}
+
+
+def preprocess_layer(module: str, name: str = "preprocess"):
+    """The family's own `keras.applications.<module>.preprocess_input` as one stock, frozen 1x1
+    Conv2D, so a saved network loads with plain Keras and nothing of ours.
+
+    Every family's preprocessing is a per-channel affine map, possibly with the channels reordered
+    (caffe's RGB -> BGR). The map is read off Keras' own function on probe pixels, never
+    re-implemented, and checked against it on random pixels before it is used.
+    """
+    import numpy as np
+
+    fn = getattr(keras.applications, module).preprocess_input
+    probes = np.vstack([np.zeros(3), 100.0 * np.eye(3)]).astype("float32")[:, None, None, :]
+    out = np.asarray(fn(probes.copy()), dtype=np.float64)[:, 0, 0, :]
+    bias, kernel = out[0], (out[1:] - out[0]) / 100.0          # y = x @ kernel + bias
+    check = np.random.default_rng(0).uniform(0, 255, (4, 3, 3, 3)).astype("float32")
+    want = np.asarray(fn(check.copy()), dtype=np.float64)
+    if np.abs(check.astype(np.float64) @ kernel + bias - want).max() > 1e-4:
+        raise UserError(f"{module}.preprocess_input is not a per-channel affine map; it cannot "
+                        "become a stock layer")
+    layer = keras.layers.Conv2D(3, 1, name=name, dtype="float32", trainable=False)
+    layer.build((None, None, None, 3))
+    layer.set_weights([kernel.reshape(1, 1, 3, 3).astype("float32"), bias.astype("float32")])
+    return layer
 
 
 def pool_layer(pool: str, name: str):
@@ -122,7 +149,7 @@ def build_feature_model(row: Backbone, *, weights, image_size: int, alpha, layer
                           name=f"{row.name}_taps")
         cut.trainable = False
         inputs = keras.Input((image_size, image_size, 3), name="image", dtype="float32")
-        maps = cut(Preprocess(row.preprocess, name="preprocess")(inputs))
+        maps = cut(preprocess_layer(row.preprocess)(inputs))
         maps = maps if isinstance(maps, (list, tuple)) else [maps]
         outputs = []
         for (name, _), fmap in zip(taps, maps):
