@@ -24,71 +24,87 @@ def head_layer_spec(pipeline) -> list[dict]:
     cannot be expressed: UserError naming the alternatives.
     """
     steps = list(pipeline.steps) if isinstance(pipeline, Pipeline) else [("clf", pipeline)]
-    spec: list[dict] = []
-    affine = None   # (M, c): x -> x @ M + c, pending to be folded into the next dense layer
-
-    def compose(m, c):
-        nonlocal affine
-        if affine is None:
-            affine = (m, c)
-        else:
-            m0, c0 = affine
-            affine = (m0 @ m, c0 @ m + c)
-
-    def dense(kernel, bias, activation):
-        nonlocal affine
-        kernel = np.asarray(kernel, np.float64)
-        bias = np.asarray(bias, np.float64)
-        if affine is not None:
-            m, c = affine
-            kernel, bias = m @ kernel, c @ kernel + bias
-            affine = None
-        spec.append({"op": "dense", "kernel": kernel.astype(np.float32),
-                     "bias": bias.astype(np.float32), "activation": activation})
-
-    for name, step in steps:
+    spec = _Spec()
+    for _, step in steps:
         if step is None or step == "passthrough":
             continue
         if isinstance(step, Normalizer):
             if step.norm != "l2":
                 raise UserError(f"Normalizer(norm={step.norm!r}) cannot be expressed; use l2")
-            if affine is not None:
-                dense(np.eye(affine[0].shape[1]), np.zeros(affine[0].shape[1]), "linear")
-            spec.append({"op": "l2"})
-        elif isinstance(step, StandardScaler):
-            d = step.n_features_in_
-            mean = step.mean_ if step.with_mean and step.mean_ is not None else np.zeros(d)
-            scale = step.scale_ if step.with_std and step.scale_ is not None else np.ones(d)
-            inv = 1.0 / np.asarray(scale, np.float64)
-            compose(np.diag(inv), -np.asarray(mean, np.float64) * inv)
-        elif isinstance(step, PCA):
-            comp = np.asarray(step.components_, np.float64)
-            m = comp.T
-            c = -np.asarray(step.mean_, np.float64) @ comp.T
-            if step.whiten:
-                s = 1.0 / np.sqrt(np.asarray(step.explained_variance_, np.float64))
-                m, c = m * s, c * s
-            compose(m, c)
-        elif isinstance(step, SoftmaxLinearMixin):
-            dense(*step.linear_params(), "softmax")
-        elif _is_logistic(step):
-            coef = np.asarray(step.coef_, np.float64)
-            intercept = np.asarray(step.intercept_, np.float64).reshape(-1)
-            if coef.shape[0] == 1:
-                coef = np.vstack([np.zeros_like(coef), coef])
-                intercept = np.concatenate([[0.0], intercept])
-            dense(coef.T, intercept, "softmax")
-        elif isinstance(step, NumpyMLP):
-            w1, b1, w2, b2 = step.weights_
-            dense(w1, b1, "relu")
-            dense(w2, b2, "softmax")
+            spec.l2()
+        elif isinstance(step, (StandardScaler, PCA)):
+            spec.compose(*_affine(step))
         else:
-            raise UserError(f"a {type(step).__name__} head cannot be expressed as network layers; "
-                            f"use {NOT_EXPRESSIBLE}")
-    if not spec or spec[-1]["op"] != "dense" or spec[-1]["activation"] != "softmax":
+            for kernel, bias, activation in _dense_layers(step):
+                spec.dense(kernel, bias, activation)
+    if not spec.ops or spec.ops[-1]["op"] != "dense" or spec.ops[-1]["activation"] != "softmax":
         raise UserError("this pipeline has no classifier step that can be expressed as layers; "
                         f"use {NOT_EXPRESSIBLE}")
-    return spec
+    return spec.ops
+
+
+class _Spec:
+    """The ops so far, and an affine map x -> x @ M + c waiting to fold into the next dense."""
+
+    def __init__(self):
+        self.ops: list[dict] = []
+        self.affine = None
+
+    def compose(self, m, c) -> None:
+        if self.affine is None:
+            self.affine = (m, c)
+        else:
+            m0, c0 = self.affine
+            self.affine = (m0 @ m, c0 @ m + c)
+
+    def dense(self, kernel, bias, activation: str) -> None:
+        kernel, bias = np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
+        if self.affine is not None:
+            m, c = self.affine
+            kernel, bias = m @ kernel, c @ kernel + bias
+            self.affine = None
+        self.ops.append({"op": "dense", "kernel": kernel.astype(np.float32),
+                         "bias": bias.astype(np.float32), "activation": activation})
+
+    def l2(self) -> None:
+        if self.affine is not None:   # an affine map before the norm becomes its own layer
+            width = self.affine[0].shape[1]
+            self.dense(np.eye(width), np.zeros(width), "linear")
+        self.ops.append({"op": "l2"})
+
+
+def _affine(step):
+    """(M, c) of a fitted StandardScaler or PCA (whitened too): x -> x @ M + c."""
+    if isinstance(step, StandardScaler):
+        d = step.n_features_in_
+        mean = step.mean_ if step.with_mean and step.mean_ is not None else np.zeros(d)
+        scale = step.scale_ if step.with_std and step.scale_ is not None else np.ones(d)
+        inv = 1.0 / np.asarray(scale, np.float64)
+        return np.diag(inv), -np.asarray(mean, np.float64) * inv
+    comp = np.asarray(step.components_, np.float64)
+    m, c = comp.T, -np.asarray(step.mean_, np.float64) @ comp.T
+    if step.whiten:
+        s = 1.0 / np.sqrt(np.asarray(step.explained_variance_, np.float64))
+        m, c = m * s, c * s
+    return m, c
+
+
+def _dense_layers(step) -> list[tuple]:
+    """[(kernel, bias, activation)] of a classifier step; UserError when it has no such form."""
+    if isinstance(step, SoftmaxLinearMixin):
+        return [(*step.linear_params(), "softmax")]
+    if _is_logistic(step):
+        coef = np.asarray(step.coef_, np.float64)
+        intercept = np.asarray(step.intercept_, np.float64).reshape(-1)
+        if coef.shape[0] == 1:   # binary: logits [0, z]
+            coef = np.vstack([np.zeros_like(coef), coef])
+            intercept = np.concatenate([[0.0], intercept])
+        return [(coef.T, intercept, "softmax")]
+    if isinstance(step, NumpyMLP):
+        w1, b1, w2, b2 = step.weights_
+        return [(w1, b1, "relu"), (w2, b2, "softmax")]
+    raise UserError(f"a {type(step).__name__} head cannot be expressed as network layers; "
+                    f"use {NOT_EXPRESSIBLE}")
 
 
 def _is_logistic(step) -> bool:

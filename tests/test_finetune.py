@@ -97,10 +97,8 @@ def _heads(cache):
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
-    from bottleneck.finetune.run import cached_features
-
     rows = np.flatnonzero(cache.split_mask("train"))
-    X, y = cached_features(cache, rows), cache.labels[rows]
+    X, y = cache.features(cache.layers, rows), cache.labels[rows]
     lin = Pipeline([("scaler", StandardScaler()), ("pca", PCA(8, random_state=0)),
                     ("clf", LogisticRegression(max_iter=500))]).fit(X, y)
     mlp_inner = Pipeline([("scaler", StandardScaler()),
@@ -113,16 +111,14 @@ def _heads(cache):
 @pytest.mark.parametrize("key", ["none2"])
 def test_transplant_equals_head(data, key):
     from bottleneck.backbones.network import feature_model_from_provenance
-    from bottleneck.finetune.run import transplant_check
-    from bottleneck.finetune.transplant import apply_spec, build_network
+    from bottleneck.finetune.transplant import apply_spec, build_network, transplant_check
 
     cache = _cache(data["caches"][key])
     prov = cache.provenance()
     for name, spec, proba in _heads(cache):
         # the spec itself reproduces the sklearn head on cached features...
         rows = np.flatnonzero(cache.split_mask("test"))
-        from bottleneck.finetune.run import cached_features
-        X = cached_features(cache, rows)
+        X = cache.features(cache.layers, rows)
         assert np.abs(apply_spec(spec, X) - proba(X)).max() < 1e-4, name
         # ...and the network on the images reproduces it too
         model, _ = feature_model_from_provenance(prov)
@@ -158,23 +154,17 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
     """Every linear/MLP head kind of stage 2 (with scaling and PCA folded in), transplanted."""
     heads = pytest.importorskip("features.heads")
     from bottleneck.backbones.network import feature_model_from_provenance
-    from bottleneck.finetune.run import (
-        FinetuneOptions,
-        cached_features,
-        head_feature_layers,
-        load_head_spec,
-        open_cache,
-        transplant_check,
-    )
-    from bottleneck.finetune.transplant import build_network
+    from bottleneck.finetune.options import FinetuneOptions
+    from bottleneck.finetune.source import head_feature_layers, load_head_spec, open_cache
+    from bottleneck.finetune.transplant import build_network, transplant_check
     from features.headfile import make_bundle, save_head
 
     cache = _cache(data["caches"][key])
     layers = layers or list(cache.layers)
     tr, va = cache.split_mask("train"), cache.split_mask("val")
     pipe, info = heads.fit_head(
-        kind, cached_features(cache, tr, layers), cache.labels[tr],
-        cached_features(cache, va, layers), cache.labels[va], scaling=scaling, pca=pca, folds=2,
+        kind, cache.features(layers, tr), cache.labels[tr],
+        cache.features(layers, va), cache.labels[va], scaling=scaling, pca=pca, folds=2,
         grid={}, mlp_params={"hidden": 16, "max_epochs": 30} if kind == "mlp" else None)
     path = save_head(str(tmp_path / f"{kind}.joblib"), make_bundle(
         kind, pipe, cache.provenance(), ",".join(layers), layers, {"cv_mean": info["cv_mean"]}))
@@ -191,12 +181,12 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
 
 def test_real_kernel_svm_refused(data, tmp_path):
     heads = pytest.importorskip("features.heads")
-    from bottleneck.finetune.run import cached_features, load_head_spec
+    from bottleneck.finetune.source import load_head_spec
     from features.headfile import make_bundle, save_head
 
     cache = _cache(data["caches"]["avg"])
     tr = cache.split_mask("train")
-    pipe, _ = heads.fit_head("svm-rbf", cached_features(cache, tr), cache.labels[tr], folds=2,
+    pipe, _ = heads.fit_head("svm-rbf", cache.features(cache.layers, tr), cache.labels[tr], folds=2,
                              grid={})
     path = save_head(str(tmp_path / "rbf.joblib"), make_bundle(
         "svm-rbf", pipe, cache.provenance(), cache.layers[0], cache.layers, {}))
@@ -216,12 +206,9 @@ def _weak_head(cache, seed=0):
 def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
 
     from bottleneck.backbones.network import feature_model_from_provenance
-    from bottleneck.finetune.run import (
-        FinetuneOptions,
-        resolve_unfreeze,
-        run_finetune,
-        schedule_lr,
-    )
+    from bottleneck.finetune.options import FinetuneOptions
+    from bottleneck.finetune.recipe import schedule_lr, unfreeze_index
+    from bottleneck.finetune.run import run_finetune
     from bottleneck.finetune.transplant import build_network, taps_model
 
     path = data["caches"]["avg"]
@@ -229,15 +216,15 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     head = _weak_head(cache)
     out = str(tmp_path / "m.keras")
     # cosine schedule and label smoothing on: the resumed checkpoint must carry both
-    opts = FinetuneOptions(features=path, head=head, epochs=2, lr=0.05, batch_size=8,
+    opts = FinetuneOptions(features=path, epochs=2, lr=0.05, batch_size=8,
                            out=out, seed=0, check_samples=8, unfreeze_from="conv_dw_12",
                            lr_schedule="cosine", label_smoothing=0.1)
     # the starting network, to compare weights with
     model, _ = feature_model_from_provenance(cache.provenance())
     start = build_network(model, head["spec"], cache.class_names)
     body0 = taps_model(start)
-    unfreeze = resolve_unfreeze(body0, "conv_dw_12")
-    result = run_finetune(opts, say=lambda *a: None)
+    unfreeze = unfreeze_index(body0, "conv_dw_12")
+    result = run_finetune(opts, say=lambda *a: None, head=head)
     assert result["transplant_agreement"] >= 0.995
     assert len(result["epochs"]) == 2 and result["epochs"][0]["phase"] == "finetune"
     assert [e["lr"] for e in result["epochs"]] == pytest.approx([0.05, 0.0005])
@@ -258,7 +245,7 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
 
     # resume: continue from the last checkpoint for 2 more epochs
     opts2 = FinetuneOptions(**{**opts.__dict__, "epochs": 4, "resume": True})
-    resumed = run_finetune(opts2, say=lambda *a: None)
+    resumed = run_finetune(opts2, say=lambda *a: None, head=head)
     assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3, 4]
     assert [e["lr"] for e in resumed["epochs"][2:]] == pytest.approx(
         [schedule_lr(0.05, "cosine", k, 4) for k in (2, 3)])
@@ -273,14 +260,16 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
 
 
 def test_short_finetune_improves_over_start(data, tmp_path):
-    from bottleneck.finetune.run import FinetuneOptions, load_finetuned, run_finetune
+    from bottleneck.finetune.model import load_finetuned
+    from bottleneck.finetune.options import FinetuneOptions
+    from bottleneck.finetune.run import run_finetune
 
     path = data["caches"]["avg"]
     cache = _cache(path)
     out = str(tmp_path / "s.keras")
     result = run_finetune(FinetuneOptions(
-        features=path, head=_weak_head(cache, 1), epochs=6, lr=0.05, optimizer="sgd",
-        batch_size=8, out=out, check_samples=4, unfreeze_from="0"), say=lambda *a: None)
+        features=path, epochs=6, lr=0.05, optimizer="sgd", batch_size=8, out=out,
+        check_samples=4, unfreeze_from="0"), say=lambda *a: None, head=_weak_head(cache, 1))
     start = result["initial"]["val_accuracy"]
     best_val = max(e["val_accuracy"] for e in result["epochs"])
     assert best_val > start + 0.2, (start, result["epochs"])
@@ -299,7 +288,7 @@ def test_short_finetune_improves_over_start(data, tmp_path):
 def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     """The classic route through the CLI (warm-up then unfreeze, augmentation on), then export."""
     from bottleneck.cli import main
-    from bottleneck.finetune.run import load_finetuned
+    from bottleneck.finetune.model import load_finetuned
 
     out = str(tmp_path / "r.keras")
     code = main(["finetune", "--head-init", "random", "--features", data["caches"]["avg"],
@@ -333,19 +322,21 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
 
 def test_average_last_saves_the_mean_of_the_last_epochs(data, tmp_path):
 
-    from bottleneck.finetune.run import FinetuneOptions, run_finetune
+    from bottleneck.finetune.options import FinetuneOptions
+    from bottleneck.finetune.run import run_finetune
     from features.errors import UserError
 
     path = data["caches"]["avg"]
     cache = _cache(path)
     x = np.random.default_rng(0).uniform(0, 255, (6, 32, 32, 3)).astype("float32")
-    base = dict(features=path, head=_weak_head(cache, 2), lr=0.05, batch_size=8, seed=0,
-                check_samples=4, unfreeze_from="conv_dw_12")
+    head = _weak_head(cache, 2)
+    base = dict(features=path, lr=0.05, batch_size=8, seed=0, check_samples=4,
+                unfreeze_from="conv_dw_12")
 
     # N = 1: the "average" is the last epoch itself
     one = str(tmp_path / "one.keras")
     result = run_finetune(FinetuneOptions(**base, epochs=2, average_last=1, out=one),
-                          say=lambda *a: None)
+                          say=lambda *a: None, head=head)
     assert result["selected"] == "average" and result["averaged"]["epochs"] == [2]
     last = keras.saving.load_model(str(tmp_path / "one.last.keras"))
     np.testing.assert_allclose(keras.saving.load_model(one).predict(x, verbose=0),
@@ -354,7 +345,7 @@ def test_average_last_saves_the_mean_of_the_last_epochs(data, tmp_path):
     # N = 2: the saved network holds the mean of epochs 2 and 3, which is not epoch 3
     two = str(tmp_path / "two.keras")
     result = run_finetune(FinetuneOptions(**base, epochs=3, average_last=2, out=two),
-                          say=lambda *a: None)
+                          say=lambda *a: None, head=head)
     assert result["averaged"]["epochs"] == [2, 3]
     saved = keras.saving.load_model(two)
     last = keras.saving.load_model(str(tmp_path / "two.last.keras"))
@@ -373,11 +364,7 @@ def test_average_last_saves_the_mean_of_the_last_epochs(data, tmp_path):
 
 def test_schedule_and_label_smoothing():
 
-    from bottleneck.finetune.run import (
-        SmoothedSparseCrossentropy,
-        make_loss,
-        schedule_lr,
-    )
+    from bottleneck.finetune.recipe import SmoothedSparseCrossentropy, make_loss, schedule_lr
     from features.errors import UserError
 
     lrs = [schedule_lr(1e-3, "cosine", k, 6) for k in range(6)]

@@ -11,8 +11,8 @@ from features.errors import UserError
 from features.fitting import FitOptions, fit_best, fit_one
 from features.headfile import check_head_matches, load_head, make_bundle, save_head
 from features.heads import _fit_mlp_pipeline, make_pipeline
-from features.spec import apply_layer_spec, head_layer_spec
 from features.provenance import Provenance
+from features.spec import apply_layer_spec, head_layer_spec
 from features.split import assign_split
 from features.store import Cache, write_cache
 

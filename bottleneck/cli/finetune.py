@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bottleneck.data.augment import FLIPS, AugmentOptions
-from bottleneck.finetune.run import OPTIMIZERS, SCHEDULES, FinetuneOptions
+from bottleneck.finetune.options import OPTIMIZERS, SCHEDULES, FinetuneOptions
 
 
 def add_parser(sub):

@@ -183,3 +183,27 @@ def inference_model(network):
         if layer.name.startswith("head_") or layer.name == "probabilities":
             x = layer(x)
     return keras.Model(inputs, x, name="finetune")
+
+
+def transplant_check(network, cache, rows, data_dir: str, reference, layers=None) -> dict:
+    """Network probabilities on the images of `rows` against `reference(cached features)` of the
+    same rows: the transplant is exact when they agree."""
+    import os
+
+    from bottleneck.backbones.network import compiled_forward
+    from bottleneck.data.images import load_batch
+
+    rows = np.sort(np.asarray(rows))
+    if not len(rows):
+        return {"n": 0, "agreement": None, "max_abs_prob_diff": None}
+    size = network.inputs[0].shape[1]
+    images, ok, bad = load_batch([os.path.join(data_dir, cache.paths[r]) for r in rows], size)
+    if bad:
+        raise UserError(f"cannot read {len(bad)} test image(s) under {data_dir} (e.g. "
+                        f"{cache.paths[rows[bad[0][0]]]}: {bad[0][1]}); pass --data DIR")
+    forward = compiled_forward(network)
+    net = np.concatenate([forward(images[i:i + 32])[0].numpy() for i in range(0, len(images), 32)])
+    ref = np.asarray(reference(cache.features(layers or cache.layers, rows)))
+    agree = float(np.mean(net.argmax(1) == ref.argmax(1)))
+    return {"n": int(len(rows)), "agreement": agree,
+            "max_abs_prob_diff": float(np.abs(net - ref).max())}

@@ -1,8 +1,8 @@
 """Predictors: a saved model -> a callable images -> probabilities, with its class names and size.
 
 `load_predictor(path)` dispatches on the file kind: a head (.joblib, stage 2) runs the backbone its
-provenance names and the head on top; a fine-tuned network (.keras, stage 3) plugs in through
-`register_loader(".keras", fn)` or a `load_keras_predictor(path, weights)` in bottleneck.finetune.
+provenance names and the head on top; a fine-tuned network (.keras, stage 3) is loaded by
+bottleneck.finetune.model (predict depends on finetune, never the reverse).
 """
 
 from __future__ import annotations
@@ -26,29 +26,23 @@ class Predictor:
     info: dict
 
 
-_LOADERS: dict[str, Callable] = {}
-
-
-def register_loader(extension: str, loader: Callable) -> None:
-    """Let another stage add a model kind: loader(path, weights) -> Predictor."""
-    _LOADERS[extension.lower()] = loader
-
-
 def load_predictor(path: str, weights: str | None = None) -> Predictor:
+    """A head (.joblib, stage 2) or a fine-tuned network (.keras, stage 3) as a Predictor."""
     ext = os.path.splitext(path)[1].lower()
-    if ext in _LOADERS:
-        return _LOADERS[ext](path, weights)
     if ext == ".joblib":
         return load_head_predictor(path, weights)
     if ext == ".keras":
-        try:
-            from bottleneck.finetune.run import load_keras_predictor
-        except ImportError:
-            raise UserError(f"{path}: predicting with a fine-tuned .keras model needs the finetune "
-                            "stage, which this installation does not have yet; pass a head "
-                            "(--model HEAD.joblib from `python cli.py fit`)") from None
-        return load_keras_predictor(path, weights)
+        return load_keras_predictor(path)
     raise UserError(f"--model {path}: expected a head (.joblib) or a fine-tuned network (.keras)")
+
+
+def load_keras_predictor(path: str) -> Predictor:
+    """A network saved by `finetune` (every weight is in the file: no --weights needed)."""
+    from bottleneck.finetune.model import finetuned_info, load_finetuned
+
+    predict, class_names, size = load_finetuned(path)
+    return Predictor(kind="keras", path=path, class_names=class_names, image_size=size,
+                     predict_images=predict, info=finetuned_info(path))
 
 
 def head_features(outputs, prov) -> np.ndarray:
