@@ -2,7 +2,15 @@
 
 import sys
 
-from bottleneck.cli import main
+
+def _main() -> int:
+    try:
+        from bottleneck.cli import main
+    except KeyboardInterrupt:   # Ctrl-C while Python is still importing
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    return main()
+
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main())

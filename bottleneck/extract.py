@@ -17,13 +17,17 @@ from typing import Callable
 import numpy as np
 
 from bottleneck.backbones.network import (
-    POOLS,
-    PRECISIONS,
     build_feature_model,
     compiled_forward,
     default_layer_specs,
 )
-from bottleneck.backbones.registry import check_weights_arg, get_backbone, weights_id
+from bottleneck.backbones.registry import (
+    POOLS,
+    PRECISIONS,
+    check_weights_arg,
+    get_backbone,
+    weights_id,
+)
 from bottleneck.data.augment import augmented_views
 from bottleneck.data.images import ImageFolder, decode_with_pillow, image_dataset, scan_folder
 from features.errors import UserError
@@ -331,3 +335,22 @@ def _steady_rate(steady_from, computed: int) -> float | None:
     if steady_from is None or computed <= steady_from[1]:
         return None
     return (computed - steady_from[1]) / (time.perf_counter() - steady_from[0])
+
+
+def say_summary(result: dict, say) -> None:
+    """The human summary of a finished extraction."""
+    dims = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result["features"].items())
+    say(f"extracted {result['n_images']} images ({result['n_computed']} computed now"
+        f"{', resumed' if result['resumed'] else ''}) in {result['seconds']:.1f} s "
+        f"({result['images_per_second'] or 0:.1f} img/s) -> {result['path']} "
+        f"({result['file_mb']:.2f} MB)")
+    say(f"  {result['backbone']} weights={result['weights']} size={result['image_size']} "
+        f"pool={result['pool']}: {dims}"
+        + (f" (+{result['views']} augmented views each)" if result.get("views") else ""))
+    say(f"  split: {result['split']}; classes: {', '.join(result['classes'])}")
+    if result["n_skipped"]:
+        say(f"  skipped {result['n_skipped']} unreadable image(s):")
+        for item in result["skipped"][:20]:
+            say(f"    {item['path']}: {item['reason']}")
+        if result["n_skipped"] > 20:
+            say(f"    ... and {result['n_skipped'] - 20} more (`python cli.py info` lists all)")

@@ -12,7 +12,15 @@ import numpy as np
 
 from features.errors import UserError
 from features.headfile import make_bundle, save_head
-from features.heads import KINDS, LINEAR_KINDS, check_labels, fit_head
+from features.heads import (
+    DEFAULT_FIT_KINDS,
+    KINDS,
+    LINEAR_KINDS,
+    NOT_TRANSPLANTABLE,
+    ROUTES,
+    check_labels,
+    fit_head,
+)
 from features.outofcore import (
     block_rows_for,
     default_memory_budget_mb,
@@ -21,9 +29,6 @@ from features.outofcore import (
 )
 from features.report import classification_text, test_metrics, write_report
 from features.store import Cache, newest_cache
-
-DEFAULT_FIT_KINDS = ("logistic", "svm", "mlp", "svm-rbf")
-ROUTES = ("auto", "memory", "out-of-core")
 
 
 @dataclass
@@ -43,7 +48,7 @@ class FitOptions:
     refit_on: str = "train+val"
     top_k: int = 3
     mlp: dict = field(default_factory=dict)   # hidden, dropout, max_epochs, patience, ...
-    epochs: int = 5                             # passes of the out-of-core SGD route
+    sgd_epochs: int = 5                         # passes of the out-of-core SGD route
     views: bool = True     # train on the cache's augmented views too (extract --views K)
     tta: bool = False      # score test images on the mean of their plain and augmented views
 
@@ -127,7 +132,7 @@ def _fit_kind(kind, data: _Data, opts: FitOptions, say):
         if opts.pca:
             raise UserError("--pca needs the in-memory route; drop --pca or raise --max-memory-mb")
         pipeline, info = fit_sgd_outofcore(
-            data.cache, data.layers, data.train, data.val, folds=opts.folds, epochs=opts.epochs,
+            data.cache, data.layers, data.train, data.val, folds=opts.folds, epochs=opts.sgd_epochs,
             seed=opts.seed, class_weight=opts.class_weight, refit_on=opts.refit_on, say=say)
         info["requested"] = kind
         return "sgd", pipeline, info
@@ -284,9 +289,6 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
             f"  {row['fit_seconds']:>7.1f}  {row['best_params'] or '-'}")
     say_summary(summary, say)
     return summary
-
-
-NOT_TRANSPLANTABLE = ("svm-rbf", "svm-poly")
 
 
 def _save_transplantable(fitted, order, data: _Data, out: str, say):

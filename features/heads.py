@@ -25,6 +25,9 @@ import numpy as np
 from features.errors import UserError
 
 LINEAR_KINDS = ("svm", "logistic", "sgd")
+DEFAULT_FIT_KINDS = ("logistic", "svm", "mlp", "svm-rbf")   # what `fit` tries by default
+NOT_TRANSPLANTABLE = ("svm-rbf", "svm-poly")   # kernel SVMs: no exact layer form
+ROUTES = ("auto", "memory", "out-of-core")
 KINDS = ("svm", "logistic", "mlp", "svm-rbf", "svm-poly", "sgd")
 SCALINGS = ("standard", "l2", "l2+standard", "none")
 SVM_C_GRID = (1e-4, 1e-3, 1e-2)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
+
+from features.atomic import atomic_path, write_json, write_text
 
 
 def test_metrics(y_true, proba, class_names, *, top_k=(1, 3)) -> dict:
@@ -69,9 +70,17 @@ def save_confusion_png(path: str, matrix, class_names, title: str = "") -> str:
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
                     color="white" if matrix[i, j] > top / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig, path: str) -> None:
+    """A matplotlib figure as a PNG, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
 
 
 def write_report(directory: str, *, metrics: dict, cv: dict, text: str, class_names, head: dict,
@@ -82,9 +91,7 @@ def write_report(directory: str, *, metrics: dict, cv: dict, text: str, class_na
              "classification_report": os.path.join(directory, "classification_report.txt"),
              "confusion_matrix": os.path.join(directory, "confusion_matrix.png")}
     payload = {**metrics, "cv": cv, "class_names": list(class_names), "head": head}
-    with open(files["metrics"], "w") as f:
-        json.dump(payload, f, indent=2, default=str)
-    with open(files["classification_report"], "w") as f:
-        f.write(text)
+    write_json(files["metrics"], payload, indent=2, default=str)
+    write_text(files["classification_report"], text)
     save_confusion_png(files["confusion_matrix"], metrics["confusion_matrix"], class_names, title)
     return files

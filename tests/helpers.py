@@ -42,3 +42,38 @@ def extract(data, out, on_batch=None, **kw):
     kw.setdefault("progress", False)
     return run_extract(ExtractOptions(data=data, out=str(out), **kw), say=lambda *a: None,
                        on_batch=on_batch)
+
+
+def write_synthetic_cache(path, features: dict, labels, class_names, split=None, seed=0):
+    """A cache of the given feature arrays, written through the store (no images, no network)."""
+    from features.provenance import Provenance
+    from features.split import assign_split
+    from features.store import write_cache
+
+    labels = np.asarray(labels, dtype=np.int32)
+    if split is None:
+        split = assign_split(labels, test_size=0.25, val_size=0.15, seed=seed)
+    layers = tuple(features)
+    prov = Provenance(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
+                      image_size=32, pool="avg", layers=layers,
+                      layer_indices=tuple(range(len(layers))), preprocess="mobilenet",
+                      precision="float32", seed=seed, test_size=0.25, val_size=0.15,
+                      class_names=tuple(class_names))
+    n = len(labels)
+    write_cache(str(path), prov, paths=[f"img{i}.png" for i in range(n)],
+                labels=labels, split=split,
+                shards=[(0, {f"features/{k}": np.asarray(v, np.float32)
+                             for k, v in features.items()})],
+                datasets={f"features/{k}": np.asarray(v).shape[1:] for k, v in features.items()},
+                skipped=[], created="now")
+    return str(path)
+
+
+def blobs(n_per_class=60, k=4, d=12, sep=3.0, seed=0):
+    """k well-separated Gaussian classes in d dims, shuffled: (float32 X, int y)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * sep
+    y = np.repeat(np.arange(k), n_per_class)
+    X = centres[y] + rng.normal(size=(len(y), d))
+    perm = rng.permutation(len(y))
+    return X[perm].astype(np.float32), y[perm]

@@ -11,39 +11,11 @@ from features.errors import UserError
 from features.fitting import FitOptions, fit_best, fit_one
 from features.headfile import check_head_matches, load_head, make_bundle, save_head
 from features.heads import _fit_mlp_pipeline, make_pipeline
-from features.provenance import Provenance
 from features.spec import apply_layer_spec, head_layer_spec
 from features.split import assign_split
-from features.store import Cache, write_cache
+from features.store import Cache
 
-
-def write_synthetic_cache(path, features: dict, labels, class_names, split=None, seed=0):
-    labels = np.asarray(labels, dtype=np.int32)
-    if split is None:
-        split = assign_split(labels, test_size=0.25, val_size=0.15, seed=seed)
-    layers = tuple(features)
-    prov = Provenance(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
-                      image_size=32, pool="avg", layers=layers,
-                      layer_indices=tuple(range(len(layers))), preprocess="mobilenet",
-                      precision="float32", seed=seed, test_size=0.25, val_size=0.15,
-                      class_names=tuple(class_names))
-    n = len(labels)
-    write_cache(str(path), prov, paths=[f"img{i}.png" for i in range(n)],
-                labels=labels, split=split,
-                shards=[(0, {f"features/{k}": np.asarray(v, np.float32)
-                             for k, v in features.items()})],
-                datasets={f"features/{k}": np.asarray(v).shape[1:] for k, v in features.items()},
-                skipped=[], created="now")
-    return str(path)
-
-
-def blobs(n_per_class=60, k=4, d=12, sep=3.0, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * sep
-    y = np.repeat(np.arange(k), n_per_class)
-    X = centres[y] + rng.normal(size=(len(y), d))
-    perm = rng.permutation(len(y))
-    return X[perm].astype(np.float32), y[perm]
+from .helpers import blobs, write_synthetic_cache
 
 
 @pytest.fixture(scope="module")

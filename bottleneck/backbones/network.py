@@ -10,13 +10,17 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 
-from bottleneck.backbones.registry import Backbone, build_body, get_backbone, weights_id
+from bottleneck.backbones.registry import (
+    POOLS,
+    PRECISIONS,
+    Backbone,
+    build_body,
+    get_backbone,
+    weights_id,
+)
 from features.errors import UserError
 from features.provenance import Provenance
 from features.tf import keras
-
-POOLS = ("avg", "max", "avgmax", "none")
-PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 @keras.saving.register_keras_serializable(package="bottleneck")

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 from features.errors import UserError
 
+POOLS = ("avg", "max", "avgmax", "none")               # how a tapped map becomes a feature
+PRECISIONS = ("float32", "bfloat16", "float16")       # compute precision of the forward pass
+
 
 @dataclass(frozen=True)
 class Backbone:

@@ -1,8 +1,8 @@
-"""Flags shared by several commands, defined once."""
+"""What several commands share: the backbone flags, and typed options built from parsed flags."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 
 
 def add_backbone_args(parser, *, weights_default="imagenet"):
@@ -17,5 +17,9 @@ def add_backbone_args(parser, *, weights_default="imagenet"):
                         help="square input size in pixels (default: the backbone's own, e.g. 224)")
 
 
-def fmt_mb(path: str) -> str:
-    return f"{os.path.getsize(path) / 2**20:.2f} MB"
+def options_from_args(cls, args, **overrides):
+    """`cls(...)` from the parsed flags whose names are its fields, plus `overrides`: the flags
+    and the dataclass are the two lists of names, and nothing copies one into the other by hand."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**{**values, **overrides})

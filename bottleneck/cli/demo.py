@@ -1,11 +1,8 @@
-"""`demo`: `run` on a generated image set, to see every stage work in one command."""
+"""`demo`: `run` on a generated image set (the work is in bottleneck/route/run.py)."""
 
 from __future__ import annotations
 
-import os
-
-from bottleneck.backbones.registry import WeightsUnavailable, build_body, get_backbone
-from bottleneck.data.synthetic import PATTERNS, make_image_folder
+from bottleneck.cli.common import options_from_args
 
 
 def add_parser(sub):
@@ -23,19 +20,6 @@ def add_parser(sub):
 
 
 def run(args, say):
-    from bottleneck.cli.run import _cli
+    from bottleneck.route.run import DemoOptions, demo
 
-    images = os.path.join(args.dir, "images")
-    if not os.path.isdir(images):
-        make_image_folder(images, n_per_class=args.n_per_class, size=args.image_size)
-    say(f"demo: {len(PATTERNS)} classes x {args.n_per_class} drawn images in {images}/")
-    weights = "imagenet"
-    try:
-        build_body(get_backbone("mobilenet"), weights="imagenet", image_size=args.image_size,
-                   alpha=0.25)
-    except WeightsUnavailable:
-        say("notice: ImageNet weights cannot be downloaded here (offline?); using random init")
-        weights = "none"
-    return _cli(["run", "--data", images, "--backbone", "mobilenet", "--alpha", "0.25",
-                 "--weights", weights, "--image-size", args.image_size, "--out-dir", args.dir,
-                 "--sweep", "--finetune", "yes", "--epochs", args.epochs], say)
+    return demo(options_from_args(DemoOptions, args), say)

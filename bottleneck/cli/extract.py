@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from bottleneck.backbones.network import POOLS, PRECISIONS
-from bottleneck.cli.common import add_backbone_args
-from bottleneck.extract import ExtractOptions, run_extract
+from bottleneck.backbones.registry import POOLS, PRECISIONS
+from bottleneck.cli.common import add_backbone_args, options_from_args
 
 
 def add_parser(sub):
@@ -24,11 +23,9 @@ def add_parser(sub):
     p.add_argument("--pool", choices=POOLS, default="avg",
                    help="global pooling of each tapped map; 'none' keeps the full map (default avg)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    p.add_argument("--test-size", type=float, default=0.2,
-                   help="fraction of images held out for the final test score (default 0.2)")
-    p.add_argument("--val-size", type=float, default=0.1,
-                   help="fraction used for early stopping by fit-mlp/finetune (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split (default 0)")
+    add_split_args(p, val_help="fraction used for early stopping by fit-mlp/finetune (default 0.1)",
+                   test_help="fraction of images held out for the final test score (default 0.2)",
+                   seed_help="seed of the stratified split (default 0)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="compute precision: bfloat16 on AVX-512 CPUs or float16 on GPUs is faster; "
                         "features are stored as float32 (default float32)")
@@ -40,36 +37,23 @@ def add_parser(sub):
                    help="cache file (default features/<data>_<backbone>[-a<alpha>]_<layer or Nlayers>"
                         "_<pool>_<size>.h5)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing cache or interrupted run made with other settings")
+                   help="replace an existing cache or interrupted run made with other settings "
+                        "(the old cache stays until the new one is complete)")
     return p
 
 
+def add_split_args(p, *, test_help: str, val_help: str, seed_help: str):
+    """The split flags extract and sweep share (each says what the split is for there)."""
+    p.add_argument("--test-size", type=float, default=0.2, help=test_help)
+    p.add_argument("--val-size", type=float, default=0.1, help=val_help)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
 def run(args, say):
-    result = run_extract(ExtractOptions(
-        data=args.data, backbone=args.backbone, alpha=args.alpha, weights=args.weights,
-        layers=tuple(args.layers), pool=args.pool, image_size=args.image_size,
-        batch_size=args.batch_size, test_size=args.test_size, val_size=args.val_size,
-        seed=args.seed, out=args.out, overwrite=args.overwrite, precision=args.precision,
-        views=args.views,
-        progress=not args.json), say=say)
+    from bottleneck.extract import ExtractOptions, run_extract, say_summary
+
+    result = run_extract(options_from_args(ExtractOptions, args, layers=tuple(args.layers),
+                                           progress=not args.json), say=say)
     if not result.get("already_complete"):
         say_summary(result, say)
     return result
-
-
-def say_summary(result: dict, say):
-    dims = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in result["features"].items())
-    say(f"extracted {result['n_images']} images ({result['n_computed']} computed now"
-        f"{', resumed' if result['resumed'] else ''}) in {result['seconds']:.1f} s "
-        f"({result['images_per_second'] or 0:.1f} img/s) -> {result['path']} "
-        f"({result['file_mb']:.2f} MB)")
-    say(f"  {result['backbone']} weights={result['weights']} size={result['image_size']} "
-        f"pool={result['pool']}: {dims}"
-        + (f" (+{result['views']} augmented views each)" if result.get("views") else ""))
-    say(f"  split: {result['split']}; classes: {', '.join(result['classes'])}")
-    if result["n_skipped"]:
-        say(f"  skipped {result['n_skipped']} unreadable image(s):")
-        for item in result["skipped"][:20]:
-            say(f"    {item['path']}: {item['reason']}")
-        if result["n_skipped"] > 20:
-            say(f"    ... and {result['n_skipped'] - 20} more (`python cli.py info` lists all)")

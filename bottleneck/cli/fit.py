@@ -1,13 +1,14 @@
 """Stage 2 commands: `fit-svm`, `fit-logistic`, `fit-mlp` and `fit` (all heads, best by CV).
 
-The logic lives in features/fitting.py and features/heads.py; these are the argument parsers.
+The logic lives in features/fitting.py and features/heads.py (imported when a command runs, so
+`--help` stays light); these are the argument parsers.
 """
 
 from __future__ import annotations
 
+from bottleneck.cli.common import options_from_args
 from features.errors import UserError
-from features.fitting import DEFAULT_FIT_KINDS, FitOptions, fit_best, fit_one, parse_pca
-from features.heads import KINDS, SCALINGS
+from features.heads import DEFAULT_FIT_KINDS, KINDS, ROUTES, SCALINGS
 
 
 def _common(p, out_default: str):
@@ -32,7 +33,7 @@ def _common(p, out_default: str):
                    help="feature scaling before the classifier (default standard)")
     p.add_argument("--pca", default="none", metavar="N|FRACTION",
                    help="whitened PCA to N components or a variance fraction (default none)")
-    p.add_argument("--route", choices=("auto", "memory", "out-of-core"), default="auto",
+    p.add_argument("--route", choices=ROUTES, default="auto",
                    help="in-memory fit, or stream HDF5 chunks through SGD partial_fit; auto picks "
                         "by --max-memory-mb (default auto)")
     p.add_argument("--max-memory-mb", type=float, default=None, metavar="MB",
@@ -58,21 +59,18 @@ def _mlp_args(p):
     p.add_argument("--patience", type=int, default=10, help="early-stopping patience (default 10)")
 
 
-def options(args) -> FitOptions:
+def options(args):
+    """FitOptions from the parsed flags (the MLP's own flags go into its dict)."""
+    from features.fitting import FitOptions, parse_pca
+
     if args.folds < 2:
         raise UserError("--cv must be at least 2")
-    mlp = {}
-    for name, key in (("hidden", "hidden"), ("dropout", "dropout"), ("epochs", "max_epochs"),
-                      ("patience", "patience")):
-        if getattr(args, name, None) is not None:
-            mlp[key] = getattr(args, name)
-    return FitOptions(
-        features=args.features, layer=args.layer, out=args.out, report=args.report,
-        seed=args.seed, n_jobs=args.n_jobs,
-        class_weight=None if args.class_weight == "none" else args.class_weight,
-        folds=args.folds, scaling=args.scaling, pca=parse_pca(args.pca), route=args.route,
-        max_memory_mb=args.max_memory_mb, refit_on=args.refit_on, top_k=args.top_k, mlp=mlp,
-        views=not args.no_views, tta=args.tta)
+    mlp = {key: getattr(args, name) for name, key in (
+        ("hidden", "hidden"), ("dropout", "dropout"), ("epochs", "max_epochs"),
+        ("patience", "patience")) if getattr(args, name, None) is not None}
+    return options_from_args(
+        FitOptions, args, class_weight=None if args.class_weight == "none" else args.class_weight,
+        pca=parse_pca(args.pca), mlp=mlp, views=not args.no_views)
 
 
 # ---- fit-svm
@@ -88,6 +86,8 @@ def add_svm_parser(sub):
 
 
 def run_svm(args, say):
+    from features.fitting import fit_one
+
     kind = "svm" if args.kernel == "linear" else f"svm-{args.kernel}"
     return fit_one(kind, options(args), say)
 
@@ -102,6 +102,8 @@ def add_logistic_parser(sub):
 
 
 def run_logistic(args, say):
+    from features.fitting import fit_one
+
     return fit_one("logistic", options(args), say)
 
 
@@ -117,6 +119,8 @@ def add_mlp_parser(sub):
 
 
 def run_mlp(args, say):
+    from features.fitting import fit_one
+
     return fit_one("mlp", options(args), say)
 
 
@@ -138,4 +142,6 @@ def run(args, say):
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise UserError(f"--heads {args.heads!r}: choose among {', '.join(KINDS)}")
+    from features.fitting import fit_best
+
     return fit_best(options(args), kinds, say)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from bottleneck.backbones.network import default_layer_specs, resolve_layers
-from bottleneck.backbones.registry import build_body, get_backbone
 from bottleneck.cli.common import add_backbone_args
 
 
@@ -19,6 +17,9 @@ def add_parser(sub):
 
 
 def run(args, say):
+    from bottleneck.backbones.network import default_layer_specs, resolve_layers
+    from bottleneck.backbones.registry import build_body, get_backbone
+
     row = get_backbone(args.backbone)
     body = build_body(row, weights=None if args.weights == "none" else args.weights,
                       image_size=args.image_size or row.default_size, alpha=args.alpha)

@@ -55,69 +55,86 @@ def suggest_size(median_short: float | None, default_size: int, min_size: int = 
 def recommend(stats: dict, *, sweep: dict | None = None, default_layer: str | None = None,
               default_size: int = 224, min_size: int = 32, unfreeze: dict | None = None) -> dict:
     """The advice for dataset `stats` (n_images, per_class, imbalance_ratio, median_short_side),
-    an optional sweep summary (best_layer, best_cv, best_is_last, lower_wins), the backbone's default layer
-    and size, and `unfreeze` = {1: layer name, 2: layer name} (the top one / two blocks)."""
-    reasons = []
-    n = int(stats["n_images"])
-    smallest = int(min(stats["per_class"].values()))
-    small = n < threshold("small_set")
-
-    best_cv = sweep.get("best_cv") if sweep else None
+    an optional sweep summary (best_layer, best_cv, best_is_last, lower_wins), the backbone's
+    default layer and size, and `unfreeze` = {1: layer name, 2: layer name} (the top one / two
+    blocks)."""
+    reasons: list[str] = []
     # data unlike ImageNet: a lower layer beat the top one by more than the probe's noise
     unlike = bool(sweep) and sweep.get("lower_wins", not sweep.get("best_is_last", True))
+    layer = _layer(sweep, default_layer, unlike, reasons)
+    finetune = _worth_finetuning(stats, sweep.get("best_cv") if sweep else None, reasons)
+    unfreeze_from, blocks = _unfreeze(stats, finetune, unlike, unfreeze, reasons)
+    class_weight = _class_weight(float(stats["imbalance_ratio"]), reasons)
+    size = _image_size(stats.get("median_short_side"), default_size, min_size, reasons)
+    route = "features+linear" + ("+finetune" if finetune else "")
+    return {"route": route, "layer": layer, "finetune": finetune, "unfreeze_from": unfreeze_from,
+            "unfreeze_blocks": blocks, "class_weight": class_weight, "image_size": size,
+            "reasons": reasons}
+
+
+def _layer(sweep, default_layer, unlike: bool, reasons: list) -> str:
     if sweep:
-        layer = sweep["best_layer"]
-        reasons.append(f"layer {layer}: the best linear-probe score of the "
-                       f"{sweep.get('label', 'sweep')} ({best_cv:.3f})"
+        reasons.append(f"layer {sweep['best_layer']}: the best linear-probe score of the "
+                       f"{sweep.get('label', 'sweep')} ({sweep.get('best_cv'):.3f})"
                        + ("; it is below the top layer, so this data is unlike ImageNet "
                           "(Yosinski et al. 2014)" if unlike else ""))
-    else:
-        layer = default_layer
-        reasons.append(f"layer {layer}: the backbone's default (last conv block), which suits "
-                       "data like ImageNet; for unusual data (X-ray, microscopy, textures) run "
-                       "`python cli.py sweep` to let a probe decide (lower layers often win)")
+        return sweep["best_layer"]
+    reasons.append(f"layer {default_layer}: the backbone's default (last conv block), which suits "
+                   "data like ImageNet; for unusual data (X-ray, microscopy, textures) run "
+                   "`python cli.py sweep` to let a probe decide (lower layers often win)")
+    return default_layer
 
-    if small:
-        finetune = False
+
+def _worth_finetuning(stats: dict, best_cv, reasons: list) -> bool:
+    n = int(stats["n_images"])
+    smallest = int(min(stats["per_class"].values()))
+    if n < threshold("small_set"):
         reasons.append(f"{n} images < {threshold('small_set')}: use bottleneck features + a "
                        "linear head; fine-tuning would over-fit (Razavian et al. 2014; Keras "
                        "transfer-learning guide)")
-    elif smallest < threshold("finetune_min_per_class"):
-        finetune = False
+        return False
+    if smallest < threshold("finetune_min_per_class"):
         reasons.append(f"{n} images, but the smallest class has {smallest} < "
                        f"{threshold('finetune_min_per_class')}: stay with features + a linear "
                        "head; fine-tuning would over-fit that class")
-    elif best_cv is not None and best_cv >= threshold("saturated"):
-        finetune = False
+        return False
+    if best_cv is not None and best_cv >= threshold("saturated"):
         reasons.append(f"the best probe already scores {best_cv:.3f} >= "
                        f"{threshold('saturated')}: fine-tuning has little to gain")
-    else:
-        finetune = True
-        reasons.append(f"{n} images >= {threshold('small_set')} (smallest class {smallest}): "
-                       "start with features + a linear head, then fine-tuning is worth its time "
-                       "(CS231n: large dataset)")
+        return False
+    reasons.append(f"{n} images >= {threshold('small_set')} (smallest class {smallest}): "
+                   "start with features + a linear head, then fine-tuning is worth its time "
+                   "(CS231n: large dataset)")
+    return True
 
-    unfreeze_from, blocks = None, 0
-    if finetune:
-        deep = n >= threshold("deep_unfreeze") or unlike
-        blocks = 2 if deep else 1
-        unfreeze_from = (unfreeze or {}).get(blocks)
-        why = (f"{n} images >= {threshold('deep_unfreeze')}" if n >= threshold("deep_unfreeze")
-               else "the data is unlike ImageNet" if unlike else "a moderate set")
-        reasons.append(f"unfreeze from {unfreeze_from} (the top {'two blocks' if deep else 'block'}"
-                       f"): {why}; keep a low learning rate (1e-5..1e-4)")
 
-    ratio = float(stats["imbalance_ratio"])
-    class_weight = "balanced" if ratio >= threshold("imbalance") else None
-    if class_weight:
+def _unfreeze(stats: dict, finetune: bool, unlike: bool, unfreeze, reasons: list):
+    """(the first layer to train, how many top blocks) when fine-tuning; (None, 0) otherwise."""
+    if not finetune:
+        return None, 0
+    n = int(stats["n_images"])
+    deep = n >= threshold("deep_unfreeze") or unlike
+    blocks = 2 if deep else 1
+    unfreeze_from = (unfreeze or {}).get(blocks)
+    why = (f"{n} images >= {threshold('deep_unfreeze')}" if n >= threshold("deep_unfreeze")
+           else "the data is unlike ImageNet" if unlike else "a moderate set")
+    reasons.append(f"unfreeze from {unfreeze_from} (the top {'two blocks' if deep else 'block'}"
+                   f"): {why}; keep a low learning rate (1e-5..1e-4)")
+    return unfreeze_from, blocks
+
+
+def _class_weight(ratio: float, reasons: list) -> str | None:
+    if ratio >= threshold("imbalance"):
         reasons.append(f"classes are imbalanced (largest/smallest = {ratio:.2f} >= "
                        f"{threshold('imbalance')}): pass --class-weight balanced (He & Garcia "
                        "2009); report balanced accuracy / macro F1, not accuracy alone")
-    else:
-        reasons.append(f"classes are balanced enough (largest/smallest = {ratio:.2f} < "
-                       f"{threshold('imbalance')}): no class weighting")
+        return "balanced"
+    reasons.append(f"classes are balanced enough (largest/smallest = {ratio:.2f} < "
+                   f"{threshold('imbalance')}): no class weighting")
+    return None
 
-    median_short = stats.get("median_short_side")
+
+def _image_size(median_short, default_size: int, min_size: int, reasons: list) -> int:
     size = suggest_size(median_short, default_size, min_size)
     if median_short and size < default_size:
         reasons.append(f"image size {size}: the images are small (median short side "
@@ -125,11 +142,7 @@ def recommend(stats: dict, *, sweep: dict | None = None, default_layer: str | No
                        "only compute")
     else:
         reasons.append(f"image size {size}: the backbone's own input size")
-
-    route = "features+linear" + ("+finetune" if finetune else "")
-    return {"route": route, "layer": layer, "finetune": finetune, "unfreeze_from": unfreeze_from,
-            "unfreeze_blocks": blocks, "class_weight": class_weight, "image_size": size,
-            "reasons": reasons}
+    return size
 
 
 def dataset_stats(folder, sample: int = 200) -> dict:

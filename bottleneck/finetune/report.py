@@ -25,6 +25,8 @@ def plot_curves(path: str, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from features.report import save_figure
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = [row["epoch"] for row in history]
     for ax, key in zip(axes, ("loss", "accuracy")):
@@ -36,5 +38,4 @@ def plot_curves(path: str, history: list[dict]) -> None:
         ax.set_title(key)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
+from features.atomic import atomic_path, write_json
 from features.errors import UserError
 
 
@@ -33,9 +33,9 @@ def export_model(path: str, out: str | None = None, tflite: bool = True, say=pri
     model.export(saved, format="tf_saved_model", verbose=False)
     result = {"model": path, "saved_model": saved, "tflite": None, "tflite_error": None,
               "class_names": class_names, "image_size": int(model.inputs[0].shape[1])}
-    with open(os.path.join(out, "labels.json"), "w") as handle:
-        json.dump({"class_names": class_names, "image_size": result["image_size"],
-                   "input": "float32 RGB in [0, 255], (N, size, size, 3)"}, handle, indent=1)
+    write_json(os.path.join(out, "labels.json"),
+               {"class_names": class_names, "image_size": result["image_size"],
+                "input": "float32 RGB in [0, 255], (N, size, size, 3)"}, indent=1)
     say(f"SavedModel -> {saved} (serving signature 'serve': float32 images 0..255 -> "
         f"probabilities over {len(class_names)} classes)")
     if tflite:
@@ -44,7 +44,7 @@ def export_model(path: str, out: str | None = None, tflite: bool = True, say=pri
             converter = tf.lite.TFLiteConverter.from_saved_model(saved)
             data = converter.convert()
             target = os.path.join(out, "model.tflite")
-            with open(target, "wb") as handle:
+            with atomic_path(target) as tmp, open(tmp, "wb") as handle:
                 handle.write(data)
             result["tflite"] = target
             say(f"TFLite -> {target} ({len(data) / 2**20:.2f} MB)")

@@ -8,6 +8,8 @@ import html
 import json
 import os
 
+from features.atomic import write_text
+
 
 def _metrics(directory: str | None) -> dict | None:
     path = os.path.join(directory or "", "metrics.json")
@@ -26,7 +28,21 @@ def _png(path: str | None) -> str | None:
 
 def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
     """stages: [{"name", "seconds", "report_dir" (with metrics.json), "note",
-    "plots": [(title, png path)]}]."""
+    "plots": [(title, png path)]}]. Writes report.md and report.html; returns their paths."""
+    rows, per_class, images = _collect(stages)
+    md = _markdown(out_dir, advice, rows, per_class, images)
+    md_path = os.path.join(out_dir, "report.md")
+    write_text(md_path, "\n".join(md) + "\n")
+    html_path = os.path.join(out_dir, "report.html")
+    write_text(html_path, "<!doctype html><meta charset='utf-8'><title>bottleneck run</title>"
+                          "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+                          "table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+                          "padding:4px 8px}</style>" + "\n".join(_html(md, dict(images))))
+    return {"markdown": md_path, "html": html_path}
+
+
+def _collect(stages):
+    """(table rows, {class: {stage: F1}}, [(plot title, png path)]) from the stages' reports."""
     rows, per_class, images = [], {}, []
     for stage in stages:
         m = _metrics(stage.get("report_dir"))
@@ -38,74 +54,72 @@ def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
                            os.path.join(stage["report_dir"], "confusion_matrix.png")))
         for title, path in stage.get("plots", []):
             images.append((f"{stage['name']}: {title}", path))
+    return rows, per_class, images
 
-    def fmt(x, digits=4):
-        return "-" if x is None else f"{x:.{digits}f}"
 
+def _fmt(x, digits=4):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _markdown(out_dir, advice, rows, per_class, images) -> list[str]:
     md = ["# bottleneck run report", "", f"Route: **{advice.get('route')}**", "",
           "## Why this route", ""] + [f"- {r}" for r in advice.get("reasons", [])] + [
           "", "## Stages (test split of the cache: the same images for every stage)", "",
           "| stage | seconds | test accuracy | balanced accuracy | macro F1 | note |",
           "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, seconds, m, note in rows:
-        md.append(f"| {name} | {fmt(seconds, 1)} | {fmt(m and m.get('accuracy'))} | "
-                  f"{fmt(m and m.get('balanced_accuracy'))} | {fmt(m and m.get('macro_f1'))} | "
-                  f"{note} |")
+        md.append(f"| {name} | {_fmt(seconds, 1)} | {_fmt(m and m.get('accuracy'))} | "
+                  f"{_fmt(m and m.get('balanced_accuracy'))} | {_fmt(m and m.get('macro_f1'))} "
+                  f"| {note} |")
     names = [name for name, _, m, _ in rows if m]
     if per_class:
         md += ["", "## Per-class F1", "", "| class | " + " | ".join(names) + " |",
                "| --- |" + " ---: |" * len(names)]
         for cls, scores in per_class.items():
-            md.append(f"| {cls} | " + " | ".join(fmt(scores.get(n)) for n in names) + " |")
+            md.append(f"| {cls} | " + " | ".join(_fmt(scores.get(n)) for n in names) + " |")
     md += ["", "## Plots", ""]
     for title, path in images:
         if os.path.isfile(path):
             md += [f"### {title}", "", f"![{title}]({os.path.relpath(path, out_dir)})", ""]
-    md_path = os.path.join(out_dir, "report.md")
-    with open(md_path, "w") as handle:
-        handle.write("\n".join(md) + "\n")
+    return md
 
-    body = []
-    in_table = False
+
+def _html(md: list[str], images: dict) -> list[str]:
+    """The Markdown lines as HTML, plots embedded (one self-contained file)."""
+    body, in_table = [], False
     for line in md:
         if body and body[-1].startswith("<li>") and not line.startswith("- "):
             body.append("</ul>")
         if line.startswith("|"):
-            if set(line.replace("|", "").strip()) <= set("-: "):
-                continue
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                body.append("<table>")
+            if not set(line.replace("|", "").strip()) <= set("-: "):
+                if not in_table:
+                    body.append("<table>")
+                tag = "td" if in_table else "th"
+                cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+                body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
                 in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
             in_table = False
-        if line.startswith("!["):
-            continue
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-            if level == 3:
-                title = line[level:].strip()
-                src = _png(dict(images).get(title))
-                if src:
-                    body.append(f'<img alt="{html.escape(title)}" src="{src}" style="max-width:720px">')
-        elif line.startswith("- "):
-            if not body or not body[-1].startswith("<li>"):
-                body.append("<ul>")
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-            continue
-        elif line:
-            body.append(f"<p>{html.escape(line).replace('**', '')}</p>")
+        body.extend(_html_line(line, body, images))
     if in_table:
         body.append("</table>")
-    html_path = os.path.join(out_dir, "report.html")
-    with open(html_path, "w") as handle:
-        handle.write("<!doctype html><meta charset='utf-8'><title>bottleneck run</title>"
-                     "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
-                     "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
-                     "</style>" + "\n".join(body))
-    return {"markdown": md_path, "html": html_path}
+    return body
+
+
+def _html_line(line: str, body: list[str], images: dict) -> list[str]:
+    if line.startswith("![") or not line:
+        return []
+    if line.startswith("#"):
+        level = len(line) - len(line.lstrip("#"))
+        title = line[level:].strip()
+        out = [f"<h{level}>{html.escape(title)}</h{level}>"]
+        src = _png(images.get(title)) if level == 3 else None
+        if src:
+            out.append(f'<img alt="{html.escape(title)}" src="{src}" style="max-width:720px">')
+        return out
+    if line.startswith("- "):
+        opening = [] if body and body[-1].startswith("<li>") else ["<ul>"]
+        return opening + [f"<li>{html.escape(line[2:])}</li>"]
+    return [f"<p>{html.escape(line).replace('**', '')}</p>"]
