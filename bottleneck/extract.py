@@ -105,6 +105,7 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
     alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
     folder = scan_folder(opts.data)
+    check_output_folder(opts.out or os.path.join("features", "cache.h5"))
     presplit = folder.split is not None
     split = folder.split if presplit else assign_split(
         folder.labels, test_size=opts.test_size, val_size=opts.val_size, seed=opts.seed)
@@ -125,7 +126,49 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
         views=opts.views, versions=library_versions(),
         weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
     out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
+    check_output_file(out, opts.overwrite)
     return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights)
+
+
+def check_output_folder(out: str) -> None:
+    """Refuse, before any work, an --out that cannot be written: a folder, under a file, or in a
+    folder this process may not write (creating the folder if it is missing)."""
+    if os.path.isdir(out):
+        raise UserError(f"--out {out} is a folder; give a file name, e.g. "
+                        f"--out {os.path.join(out, 'features.h5')}")
+    parent = os.path.dirname(os.path.abspath(out))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"--out {out}: {probe} is a file, not a folder; pick another --out")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {parent} for the cache ({exc.strerror}); "
+                        "pass --out in a folder you can write") from exc
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write in {parent}; pass --out in a folder you can write")
+
+
+def check_output_file(out: str, overwrite: bool) -> None:
+    """An existing file at --out must be one of our caches (complete or not): anything else is
+    never overwritten."""
+    check_output_folder(out)
+    if os.path.exists(out) and not _is_our_cache(out):
+        raise UserError(f"{out} exists and is not a bottleneck feature cache; refusing to "
+                        "replace it" + (" even with --overwrite" if overwrite else "")
+                        + ": pass another --out")
+
+
+def _is_our_cache(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "format_version" in f.attrs
+    except OSError:
+        return False
 
 
 def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None] | None = None
@@ -137,7 +180,6 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
     """
     started = time.time()
     plan = plan_extraction(opts)
-    os.makedirs(os.path.dirname(os.path.abspath(plan.out)), exist_ok=True)
     journal = Journal(plan.out)
     if os.path.exists(plan.out) and not opts.overwrite:
         return _confirm_complete(plan, journal, say)
@@ -160,7 +202,8 @@ def _confirm_complete(plan: ExtractionPlan, journal: Journal, say) -> dict:
         summary = existing.summary()
         known = set(existing.paths) | {p for p, _ in existing.skipped}
     journal.discard()   # a run killed between the final rename and its clean-up
-    changed = len(set(plan.folder.paths) ^ known)
+    listed = set(plan.folder.paths) | {path for path, _ in plan.folder.rejected}
+    changed = len(listed ^ known)
     if changed:
         say(f"warning: {changed} image(s) were added to or removed from {plan.folder.root} "
             "since this cache was made; --overwrite re-extracts them all")
@@ -178,7 +221,7 @@ def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
     else:
         journal.start({"provenance": plan.provenance.to_json(), "paths": plan.folder.paths,
                        "labels": plan.folder.labels.tolist(), "split": plan.split.tolist(),
-                       "datasets": plan.datasets})
+                       "datasets": plan.datasets, "rejected": plan.folder.rejected})
     done = journal.done()
     if done:
         say(f"resuming {plan.out}: {done} of {len(journal.plan['paths'])} images already done")
@@ -192,6 +235,8 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
     saved = journal.plan
     paths = saved["paths"]
     ok, skipped = journal.collect()
+    skipped = [(paths[i], reason) for i, reason in skipped] + [
+        (path, reason) for path, reason in saved.get("rejected", [])]
     if not ok:
         raise UserError(f"none of the {len(paths)} images could be read; see {journal.dir} for "
                         "details")
@@ -200,8 +245,7 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
                 labels=np.asarray(saved["labels"])[ok],
                 split=np.asarray(saved["split"], dtype=np.uint8)[ok],
                 shards=journal.iter_rows(list(saved["datasets"])), datasets=saved["datasets"],
-                skipped=[(paths[i], reason) for i, reason in skipped],
-                created=datetime.now(timezone.utc).isoformat())
+                skipped=skipped, created=datetime.now(timezone.utc).isoformat())
     journal.discard()
     return {
         "path": plan.out, "n_images": len(ok), "n_skipped": len(skipped), "n_computed": computed,
@@ -214,7 +258,7 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
         "features": {k.split("/", 1)[1]: v for k, v in saved["datasets"].items()
                      if k.startswith("features/")},
         "split": split_counts(np.asarray(saved["split"])[ok]), "classes": list(prov.class_names),
-        "skipped": [{"path": paths[i], "reason": reason} for i, reason in skipped],
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
     }
 
 

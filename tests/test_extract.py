@@ -266,3 +266,66 @@ def test_bfloat16_features_close_to_float32(tiny_folder, tmp_path, tiny_weights,
         assert fb.attrs["precision"] == "bfloat16"
     rel = np.linalg.norm(x - y) / np.linalg.norm(x)
     assert rel < tol, rel
+
+
+def test_symlink_loop_is_not_followed_and_no_file_counts_twice(tiny_copy):
+    """A link back up the tree (a/loop -> ..) once turned 24 images into hundreds of rows and
+    relabelled other classes' images; a link to a file already listed made it count twice."""
+    from bottleneck.data.images import scan_folder
+
+    before = scan_folder(tiny_copy)
+    os.symlink("..", os.path.join(tiny_copy, "checks", "loop"))
+    first = os.path.join(tiny_copy, "dots", before.paths[6].split("/")[-1])
+    os.symlink(first, os.path.join(tiny_copy, "rings", "also_a_dot.png"))
+    after = scan_folder(tiny_copy)
+    assert after.paths == before.paths
+    np.testing.assert_array_equal(after.labels, before.labels)
+
+
+def test_a_class_folder_linked_from_elsewhere_is_read(tiny_folder, tmp_path):
+    from bottleneck.data.images import scan_folder
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("checks", "dots"):
+        os.symlink(os.path.join(tiny_folder, name), root / name)
+    assert len(scan_folder(str(root)).paths) == 12
+
+
+@pytest.mark.parametrize("case", ["folder", "under_a_file", "not_a_cache"])
+def test_unwritable_or_foreign_out_is_refused_before_any_work(tiny_folder, tmp_path, case):
+    """--out that is a folder, sits under a file, or holds a file that is not one of our caches
+    gives a one-line error before the network is built; nothing is created or deleted."""
+    if case == "folder":
+        out, fix = tmp_path, "is a folder"
+    elif case == "under_a_file":
+        (tmp_path / "plain").write_text("x")
+        out, fix = tmp_path / "plain" / "f.h5", "is a file, not a folder"
+    else:
+        out, fix = tmp_path / "notes.h5", "not a bottleneck feature cache"
+        out.write_text("my notes")
+    before = sorted(os.listdir(tmp_path))
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match=fix):
+            extract(tiny_folder, out, overwrite=overwrite)
+    assert sorted(os.listdir(tmp_path)) == before
+    if case == "not_a_cache":
+        assert out.read_text() == "my notes"
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_listed(tiny_copy, tmp_path):
+    """It used to abort the whole extraction with a ValueError from TensorFlow."""
+    import shutil
+
+    dots = os.path.join(tiny_copy, "dots")
+    shutil.copy(os.path.join(dots, sorted(os.listdir(dots))[0]),
+                os.fsencode(dots) + b"/bad\xff.png")
+    result = extract(tiny_copy, tmp_path / "f.h5")
+    assert result["n_images"] == 24
+    assert result["skipped"] == [{"path": "dots/bad\\xff.png",
+                                  "reason": "file name is not valid UTF-8: rename the file"}]
+    with Cache(result["path"]) as cache:
+        assert cache.skipped == [("dots/bad\\xff.png",
+                                  "file name is not valid UTF-8: rename the file")]
+    again = extract(tiny_copy, tmp_path / "f.h5")   # the complete cache is recognised as such
+    assert again["already_complete"]

@@ -8,7 +8,7 @@ can read is reported as skipped, with the reason, and never stops a run.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class ImageFolder:
     class_names: list[str]
     split: np.ndarray | None    # codes when the tree is already split into train/val/test
     n_ignored: int              # files that are not images by their extension
+    rejected: list = field(default_factory=list)   # (path, reason) of images no stage can open
 
     def absolute(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -38,17 +39,56 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def walk_images(folder: str):
-    """Sorted image files below `folder` (recursively), and how many other files were seen."""
-    found, ignored = [], 0
+def walk_images(folder: str, seen: set | None = None, tree: str | None = None):
+    """Sorted image files below `folder` (recursively), and how many other files were seen.
+
+    Symbolic links are followed where they lead out of `tree` (the data folder; default `folder`):
+    a class folder may live on another disk. A link back into the tree or up to an ancestor
+    (`a/loop -> ..`) is not followed: those images are listed in their own place, or the walk
+    would repeat the tree under another class. A file is listed once, however many links lead to
+    it; `seen` carries the real paths already listed across calls (scan_folder's classes).
+    """
+    seen = set() if seen is None else seen
+    tree = os.path.realpath(tree or folder)
+    found, ignored, entered = [], 0, set()
     for base, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        entered.add(os.path.realpath(base))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and _enter(os.path.join(base, d), tree, entered))
         for name in sorted(files):
-            if is_image_file(name):
-                found.append(os.path.join(base, name))
-            else:
+            if not is_image_file(name):
                 ignored += 1
+                continue
+            real = os.path.realpath(os.path.join(base, name))
+            if real not in seen:
+                seen.add(real)
+                found.append(os.path.join(base, name))
     return found, ignored
+
+
+def readable_name(path: str) -> str | None:
+    """Why a file name cannot travel through the cache (UTF-8 paths) and TensorFlow, or None."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8: rename the file"
+    return None
+
+
+def printable(path: str) -> str:
+    """A path with undecodable bytes shown as \\xNN escapes (valid UTF-8, for reports)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _enter(path: str, tree: str, entered: set) -> bool:
+    """Walk into `path`: not twice, and through a link only when it leads out of the tree."""
+    real = os.path.realpath(path)
+    if real in entered:
+        return False
+    if not os.path.islink(path):
+        return True
+    inside = os.path.commonpath([real, tree]) in (real, tree)   # within, or an ancestor
+    return not inside
 
 
 def _subdirs(folder: str) -> list[str]:
@@ -70,22 +110,28 @@ def scan_folder(root: str) -> ImageFolder:
     if not class_names:
         raise UserError(f"{root} has no class sub-folders; expected e.g. {root}/cats/*.jpg and "
                         f"{root}/dogs/*.jpg")
-    paths, labels, split, ignored = [], [], [], 0
+    paths, labels, split, ignored, seen, rejected = [], [], [], 0, set(), []
     for group, code in groups:
         for label, name in enumerate(class_names):
             folder = os.path.join(root, group, name)
             if not os.path.isdir(folder):
                 continue
-            files, skipped = walk_images(folder)
+            files, skipped = walk_images(folder, seen, tree=root)
             ignored += skipped
             for path in files:
-                paths.append(os.path.relpath(path, root).replace(os.sep, "/"))
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                reason = readable_name(rel)
+                if reason:
+                    rejected.append((printable(rel), reason))
+                    continue
+                paths.append(rel)
                 labels.append(label)
                 split.append(code)
     if not paths:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return ImageFolder(root, paths, np.asarray(labels, dtype=np.int32), class_names,
-                       np.asarray(split, dtype=np.uint8) if presplit else None, ignored)
+                       np.asarray(split, dtype=np.uint8) if presplit else None, ignored,
+                       rejected)
 
 
 def _decode(path):
@@ -162,6 +208,9 @@ def load_batch(paths: list[str], image_size: int):
     from features.tf import tf
     images, ok, bad = [], [], []
     for i, path in enumerate(paths):
+        if readable_name(path):
+            bad.append((i, readable_name(path)))
+            continue
         try:
             images.append(_decode_resize(tf.constant(path), image_size).numpy())
             ok.append(i)
