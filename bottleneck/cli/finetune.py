@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bottleneck.data.augment import FLIPS, AugmentOptions
-from bottleneck.finetune.options import OPTIMIZERS, SCHEDULES, FinetuneOptions
+from bottleneck.finetune.options import HEAD_INITS, OPTIMIZERS, SCHEDULES, FinetuneOptions
 
 
 def add_parser(sub):
@@ -16,10 +16,18 @@ def add_parser(sub):
                     "(val: checkpoint choice and early stopping; test: scored once at the end). "
                     "BatchNorm layers stay in inference mode; layers below --unfreeze-from stay "
                     "frozen.")
-    src = p.add_argument_group("model source")
+    _source_arguments(p.add_argument_group("model source"))
+    _training_arguments(p.add_argument_group("training"))
+    _augment_arguments(p.add_argument_group("augmentation (training only; off unless --augment)"))
+    _output_arguments(p.add_argument_group("output"))
+    return p
+
+
+def _source_arguments(src):
+    """Where the head, the cache, the images and the weights come from."""
     src.add_argument("--from-head", metavar="HEAD.joblib",
                      help="a head saved by fit/fit-* (linear SVM, logistic, SGD or MLP)")
-    src.add_argument("--head-init", choices=("head", "random"), default="head",
+    src.add_argument("--head-init", choices=HEAD_INITS, default="head",
                      help="head: transplant --from-head (default); random: the classic route, a "
                           "random Dense head trained with the body frozen for --warmup-epochs, "
                           "then unfrozen (needs --features)")
@@ -29,7 +37,10 @@ def add_parser(sub):
                      help="image folder (default: the cache's data_dir)")
     src.add_argument("--weights", metavar="PATH",
                      help="local weights file, if not at the path recorded in the cache")
-    tr = p.add_argument_group("training")
+
+
+def _training_arguments(tr):
+    """The recipe: epochs, phases, learning rate, optimizer, loss, stopping, resume."""
     tr.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included (10)")
     tr.add_argument("--warmup-epochs", type=int, default=None,
                     help="epochs with the body frozen (default 0 with a transplanted head, 2 with "
@@ -37,8 +48,9 @@ def add_parser(sub):
     tr.add_argument("--warmup-lr", type=float, default=None,
                     help="learning rate of the warm-up epochs (default 10 x --lr)")
     tr.add_argument("--unfreeze-from", metavar="LAYER",
-                    help="first trainable body layer, by name or index (default: the top block, "
-                         "e.g. conv_dw_13 for mobilenet)")
+                    help="first trainable body layer, by name or index (default: the first "
+                         "weighted layer of the top stage, as advise names it, e.g. conv_dw_12 "
+                         "for mobilenet)")
     tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     tr.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
                     help="constant (default) or cosine: --lr decays along half a cosine to "
@@ -65,7 +77,10 @@ def add_parser(sub):
                          "state, epoch, best score)")
     tr.add_argument("--check-samples", type=int, default=64,
                     help="test images used by the transplant check (default 64)")
-    au = p.add_argument_group("augmentation (training only; off unless --augment)")
+
+
+def _augment_arguments(au):
+    """The training augmentation (bottleneck.data.augment.AugmentOptions)."""
     au.add_argument("--augment", action="store_true", help="turn augmentation on")
     au.add_argument("--flip", choices=FLIPS, default="horizontal", help="(default horizontal)")
     au.add_argument("--rotation", type=float, default=0.05,
@@ -75,14 +90,16 @@ def add_parser(sub):
     au.add_argument("--shear", type=float, default=0.0, help="max shear factor (default 0: off)")
     au.add_argument("--color-jitter", type=float, default=0.1,
                     help="brightness/contrast/saturation jitter factor (0.1; 0 turns it off)")
-    out = p.add_argument_group("output")
+
+
+def _output_arguments(out):
+    """The saved model, its resume files and the report folder."""
     out.add_argument("--out", default="finetuned.keras", metavar="MODEL.keras",
                      help="best checkpoint (default finetuned.keras); MODEL.last.keras and "
                           "MODEL.state.json hold the last epoch for --resume")
     out.add_argument("--report", metavar="DIR",
                      help="log.csv, training_curves.png, metrics.json, classification_report.txt, "
                           "confusion_matrix.png (default MODEL_report/)")
-    return p
 
 
 def run(args, say):
