@@ -299,6 +299,8 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     assert {"transplant_agreement", "epochs", "test_accuracy"} <= set(result)
     assert result["transplant_agreement"] is None  # nothing to transplant on this route
     assert [e["phase"] for e in result["epochs"]] == ["warmup", "finetune"]
+    # no --unfreeze-from: the top stage's first weighted layer, the rule (and key) advise uses
+    assert result["unfreeze_from"] == "conv_dw_12"
     predict, names, size = load_finetuned(out)
     assert len(names) == len(PATTERNS)
 
