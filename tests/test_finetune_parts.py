@@ -33,10 +33,25 @@ from features.tf import keras, tf
     ({"lr_schedule": "linear"}, "--lr-schedule 'linear'"), ({"optimizer": "rmsprop"}, "rmsprop"),
     ({"label_smoothing": 1.0}, "--label-smoothing 1.0"), ({"head_init": "zeros"}, "zeros"),
     ({"average_last": 3, "epochs": 2}, "--average-last 3"), ({"patience": 0}, "--patience 0"),
-    ({"time_budget": 0}, "--time-budget 0"), ({"class_weight": "inverse"}, "inverse")])
+    ({"time_budget": 0}, "--time-budget 0"), ({"class_weight": "inverse"}, "inverse"),
+    ({"warmup_lr": 0.0}, "--warmup-lr 0.0"), ({"lr": -1.0}, "--lr -1.0"),
+    ({"check_samples": -1}, "--check-samples -1")])
 def test_options_refuse_bad_values_when_built(kwargs, flag):
     with pytest.raises(UserError, match=flag.replace("(", r"\(").replace("'", "'")):
         FinetuneOptions(**kwargs)
+
+
+def test_options_and_the_finetune_parser_import_no_tensorflow():
+    """`finetune --help` reads its choices from options.py: neither may pull in TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import sys, bottleneck.finetune.options, bottleneck.cli.finetune; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_options_derive_warmup_and_paths():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,8 +104,6 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> dict:
         """One pass over train, then val; the epoch's row (also appended to the history)."""
-        import warnings
-
         from features.tf import keras
 
         phase = self._enter_phase(epoch)
@@ -144,23 +143,27 @@ def _epoch_line(row: dict, epochs: int, has_val: bool, improved: bool) -> str:
 # ---------------------------------------------------------------- callbacks
 
 class CsvLog(Callback):
-    """log.csv: one row per epoch. On resume, rows past the checkpoint's epoch (a kill between
-    the log write and the state write) are dropped, so no epoch appears twice."""
+    """log.csv: one row per epoch, the whole (small) file rewritten atomically each epoch. On
+    resume, rows past the checkpoint's epoch (a kill between the log write and the state write)
+    are dropped, so no epoch appears twice."""
 
     def __init__(self, path: str, state: dict):
-        self.path = path
-        kept = []
+        self.path, self.rows = path, []
         if state["history"] and os.path.isfile(path):
             with open(path, newline="") as handle:
-                kept = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= state["epoch"]]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
+                self.rows = [r for r in csv.DictReader(handle)
+                             if int(r["epoch"]) <= state["epoch"]]
+        self._write()
 
     def on_epoch_end(self, trainer, row):
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([row[f] for f in LOG_FIELDS])
+        self.rows.append({f: row[f] for f in LOG_FIELDS})
+        self._write()
+
+    def _write(self) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
 
 class BestCheckpoint(Callback):
