@@ -23,7 +23,7 @@ from bottleneck.finetune.recipe import (
     set_trainable,
     unfreeze_index,
 )
-from bottleneck.finetune.source import Source, open_source
+from bottleneck.finetune.source import Head, Source, open_source
 from bottleneck.finetune.training import (
     Data,
     Trainer,
@@ -43,9 +43,9 @@ from bottleneck.finetune.transplant import (
 from features.errors import UserError
 
 
-def run_finetune(opts: FinetuneOptions, say=print, head: dict | None = None) -> dict:
-    """Fine-tune from `opts` (a pre-loaded `head` spec dict may stand in for --from-head);
-    returns the run's summary."""
+def run_finetune(opts: FinetuneOptions, say=print, head: Head | None = None) -> dict:
+    """Fine-tune from `opts` (a pre-loaded `head` may stand in for --from-head); returns the
+    run's summary."""
     with warnings.catch_warnings():
         # val/test streams have unknown length (undecodable files are dropped): Keras finds
         # their end on the first pass and says so every time; nothing is wrong
@@ -119,7 +119,7 @@ def _check_transplant(network, opts: FinetuneOptions, source: Source, say) -> di
     rows = source.rows["test"] if len(source.rows["test"]) else source.rows["val"]
     n = min(opts.check_samples, len(rows))
     sample = rows[np.linspace(0, len(rows) - 1, n).astype(int)] if n else rows
-    reference = source.head.get("predict_proba") or (lambda X: apply_spec(source.spec, X))
+    reference = source.head.predict_proba or (lambda X: apply_spec(source.spec, X))
     check = transplant_check(network, source.cache, np.unique(sample), source.data_dir,
                              reference, source.layers)
     if not check["n"]:
@@ -196,8 +196,8 @@ def _summary(opts: FinetuneOptions, source: Source, state: dict, stopped, averag
         "warmup_epochs": opts.warmup, "split": {k: int(len(v)) for k, v in source.rows.items()},
         "report": opts.paths.report,
     }
-    if source.head is not None and source.head.get("scores"):
-        result["head_scores"] = source.head["scores"]
+    if source.head is not None and source.head.scores:
+        result["head_scores"] = source.head.scores
     return result
 
 
