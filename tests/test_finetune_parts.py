@@ -22,7 +22,7 @@ from bottleneck.finetune.training import (
     EarlyStopping,
     TimeBudget,
     Trainer,
-    new_state,
+    TrainState,
 )
 from features.errors import UserError
 from features.tf import keras, tf
@@ -104,20 +104,20 @@ class _Recorder(Callback):
 
     def on_epoch_end(self, trainer, row):
         trainer.improved = False
-        trainer.state["stale"] += 1   # as BestCheckpoint does when val does not improve
+        trainer.state.stale += 1   # as BestCheckpoint does when val does not improve
         self.epochs.append(row["epoch"])
 
 
 def _trainer(callbacks, epochs=5, state=None):
     return Trainer(_Network.build(), FinetuneOptions(epochs=epochs, lr=0.1), _data(),
-                   state or new_state({}, None), callbacks, lambda *a: None)
+                   state or TrainState(), callbacks, lambda *a: None)
 
 
 def test_early_stopping_after_n_stale_epochs():
     recorder = _Recorder()
     trainer = _trainer([recorder, EarlyStopping(2)])
     assert trainer.fit() == "early stop: val did not improve for 2 epochs"
-    assert recorder.epochs == [1, 2] and trainer.state["epoch"] == 2
+    assert recorder.epochs == [1, 2] and trainer.state.epoch == 2
 
 
 def test_time_budget_stops_after_the_epoch_that_passes_it():
@@ -130,10 +130,10 @@ def test_time_budget_stops_after_the_epoch_that_passes_it():
 def test_csv_log_drops_rows_past_the_checkpoint_on_resume(tmp_path):
     """A kill between the log.csv write and the state write must not leave a duplicate row."""
     path = str(tmp_path / "log.csv")
-    trainer = _trainer([CsvLog(path, new_state({}, None))], epochs=3)
+    trainer = _trainer([CsvLog(path, TrainState())], epochs=3)
     trainer.fit()
-    state = json.loads(json.dumps(trainer.state))
-    state["epoch"], state["history"] = 2, state["history"][:2]   # the state lags the log by one
+    state = TrainState.from_json(json.loads(json.dumps(trainer.state.to_json())))
+    state.epoch, state.history = 2, state.history[:2]   # the state lags the log by one
     resumed = _trainer([CsvLog(path, state)], epochs=3, state=state)
     resumed.fit()
     with open(path, newline="") as handle:
@@ -146,7 +146,7 @@ def test_weight_average_keeps_the_running_sum_on_disk(tmp_path):
     from bottleneck.finetune.training import WeightAveraging
 
     opts = FinetuneOptions(epochs=2, average_last=2, out=str(tmp_path / "m.keras"))
-    average = WeightAveraging(opts.paths.average, opts, new_state({}, None), lambda *a: None)
+    average = WeightAveraging(opts.paths.average, opts, TrainState(), lambda *a: None)
     trainer = _trainer([average], epochs=2)
     trainer.opts = opts
     seen = []
@@ -180,7 +180,7 @@ def _averaged_run(tmp_path, epochs, n):
     from bottleneck.finetune.training import WeightAveraging
 
     opts = FinetuneOptions(epochs=epochs, average_last=n, lr=0.1, out=str(tmp_path / "m.keras"))
-    snapshot, state = _Snapshot(), new_state({}, None)
+    snapshot, state = _Snapshot(), TrainState()
     average = WeightAveraging(opts.paths.average, opts, state, lambda *a: None)
     trainer = Trainer(_Network.build(), opts, _data(), state, [snapshot, average],
                       lambda *a: None)
@@ -238,7 +238,7 @@ def test_phase_change_unfreezes_after_warmup_and_schedules_the_lr():
         def on_epoch_end(self, trainer, row):
             seen.append((row["phase"], row["lr"], low.numpy().copy(), top.numpy().copy()))
 
-    Trainer(network, opts, _data(), new_state({}, None), [Kernels()], lambda *a: None,
+    Trainer(network, opts, _data(), TrainState(), [Kernels()], lambda *a: None,
             unfreeze=(1, "top")).fit()
     assert [phase for phase, *_ in seen] == ["warmup", "finetune", "finetune"]
     assert [lr for _, lr, *_ in seen] == pytest.approx(
@@ -262,5 +262,5 @@ def test_best_checkpoint_keeps_the_best_val_epoch_and_counts_stale_ones(tmp_path
 
     trainer = _trainer([Fake(), BestCheckpoint(paths)], epochs=4)
     trainer.fit()
-    assert trainer.state["best_epoch"] == 2 and trainer.state["best_score"] == [0.7, -0.9]
-    assert trainer.state["stale"] == 2 and os.path.isfile(paths.best)
+    assert trainer.state.best_epoch == 2 and trainer.state.best_score == [0.7, -0.9]
+    assert trainer.state.stale == 2 and os.path.isfile(paths.best)
