@@ -98,7 +98,7 @@ def _network(opts: FinetuneOptions, source: Source, say):
             with open(paths.state) as handle:
                 state = TrainState.from_json(json.load(handle))
             network = keras.saving.load_model(paths.last)
-        except (ValueError, OSError, KeyError) as exc:
+        except (ValueError, OSError, KeyError, TypeError) as exc:
             raise UserError(f"cannot resume from {paths.last} / {paths.state} ({exc}); "
                             "run again without --resume to start over") from exc
         say(f"resuming from {paths.last} after epoch {state.epoch}")
