@@ -13,6 +13,7 @@ import pytest
 
 from bottleneck.data.synthetic import make_image_folder
 from bottleneck.extract import ExtractOptions, run_extract
+from bottleneck.finetune.source import Head
 from features.errors import UserError
 from features.tf import keras  # noqa: F401  (quiet TensorFlow import)
 
@@ -172,10 +173,10 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
     opened = open_cache(FinetuneOptions(), head)
     assert head_feature_layers(head, opened) == layers
     model, _ = feature_model_from_provenance(opened.provenance().with_taps(layers))
-    net = build_network(model, head["spec"], opened.class_names)
+    net = build_network(model, head.spec, opened.class_names)
     rows = np.flatnonzero(opened.split_mask("test"))
     check = transplant_check(net, opened, rows, opened.provenance().data_dir,
-                             head["predict_proba"], layers)
+                             head.predict_proba, layers)
     assert check["agreement"] >= 0.995 and check["max_abs_prob_diff"] <= 1e-3, (kind, check)
 
 
@@ -200,7 +201,7 @@ def _weak_head(cache, seed=0):
     d = sum(cache.feature_dim(layer) for layer in cache.layers)
     spec = random_spec(d, len(cache.class_names), seed)
     spec[0]["kernel"] *= 0.01
-    return {"spec": spec, "provenance": cache.provenance(), "kind": "test", "scores": {}}
+    return Head(spec=spec, provenance=cache.provenance(), kind="test")
 
 
 def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
@@ -221,7 +222,7 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
                            lr_schedule="cosine", label_smoothing=0.1)
     # the starting network, to compare weights with
     model, _ = feature_model_from_provenance(cache.provenance())
-    start = build_network(model, head["spec"], cache.class_names)
+    start = build_network(model, head.spec, cache.class_names)
     body0 = taps_model(start)
     unfreeze = unfreeze_index(body0, "conv_dw_12")
     result = run_finetune(opts, say=lambda *a: None, head=head)
@@ -299,6 +300,8 @@ def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):
     assert {"transplant_agreement", "epochs", "test_accuracy"} <= set(result)
     assert result["transplant_agreement"] is None  # nothing to transplant on this route
     assert [e["phase"] for e in result["epochs"]] == ["warmup", "finetune"]
+    # no --unfreeze-from: the top stage's first weighted layer, the rule (and key) advise uses
+    assert result["unfreeze_from"] == "conv_dw_12"
     predict, names, size = load_finetuned(out)
     assert len(names) == len(PATTERNS)
 

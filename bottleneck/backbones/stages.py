@@ -6,8 +6,8 @@ the body's 4-D layer outputs, the last layer with that size. Layers that only pa
 the input layer and the preprocessing layers before the first layer with weights (Rescaling,
 Normalization in EfficientNet/MobileNetV3/ConvNeXt) are not stages.
 
-`sweep` taps all of them in one forward pass; `advise` uses them to name the top block to
-unfreeze for fine-tuning.
+`sweep` taps all of them in one forward pass. `unfreeze_point` is the one rule for where
+fine-tuning starts training: `advise` names it and `finetune` uses it by default.
 """
 
 from __future__ import annotations

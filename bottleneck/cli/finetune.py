@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bottleneck.cli.common import options_from_args
 from bottleneck.data.augment import FLIPS, AugmentOptions
-from bottleneck.finetune.options import OPTIMIZERS, SCHEDULES, FinetuneOptions
+from bottleneck.finetune.options import HEAD_INITS, OPTIMIZERS, SCHEDULES, FinetuneOptions
 
 
 def add_parser(sub):
@@ -17,17 +17,18 @@ def add_parser(sub):
                     "(val: checkpoint choice and early stopping; test: scored once at the end). "
                     "BatchNorm layers stay in inference mode; layers below --unfreeze-from stay "
                     "frozen.")
-    _source_args(p.add_argument_group("model source"))
-    _training_args(p.add_argument_group("training"))
-    _augment_args(p.add_argument_group("augmentation (training only; off unless --augment)"))
-    _output_args(p.add_argument_group("output"))
+    _source_arguments(p.add_argument_group("model source"))
+    _training_arguments(p.add_argument_group("training"))
+    _augment_arguments(p.add_argument_group("augmentation (training only; off unless --augment)"))
+    _output_arguments(p.add_argument_group("output"))
     return p
 
 
-def _source_args(src):
+def _source_arguments(src):
+    """Where the head, the cache, the images and the weights come from."""
     src.add_argument("--from-head", metavar="HEAD.joblib",
                      help="a head saved by fit/fit-* (linear SVM, logistic, SGD or MLP)")
-    src.add_argument("--head-init", choices=("head", "random"), default="head",
+    src.add_argument("--head-init", choices=HEAD_INITS, default="head",
                      help="head: transplant --from-head (default); random: the classic route, a "
                           "random Dense head trained with the body frozen for --warmup-epochs, "
                           "then unfrozen (needs --features)")
@@ -39,7 +40,8 @@ def _source_args(src):
                      help="local weights file, if not at the path recorded in the cache")
 
 
-def _training_args(tr):
+def _training_arguments(tr):
+    """The recipe: epochs, phases, learning rate, optimizer, loss, stopping, resume."""
     tr.add_argument("--epochs", type=int, default=10, help="total epochs, warm-up included (10)")
     tr.add_argument("--warmup-epochs", type=int, default=None,
                     help="epochs with the body frozen (default 0 with a transplanted head, 2 with "
@@ -47,9 +49,9 @@ def _training_args(tr):
     tr.add_argument("--warmup-lr", type=float, default=None,
                     help="learning rate of the warm-up epochs (default 10 x --lr)")
     tr.add_argument("--unfreeze-from", metavar="LAYER",
-                    help="first trainable body layer, by name or index (default: the top "
-                         "block, the first weighted layer of the last spatial stage, as advise "
-                         "picks it: conv_dw_12 for mobilenet)")
+                    help="first trainable body layer, by name or index (default: the first "
+                         "weighted layer of the top stage, as advise names it, e.g. conv_dw_12 "
+                         "for mobilenet)")
     tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     tr.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
                     help="constant (default) or cosine: --lr decays along half a cosine to "
@@ -78,7 +80,8 @@ def _training_args(tr):
                     help="test images used by the transplant check (default 64)")
 
 
-def _augment_args(au):
+def _augment_arguments(au):
+    """The training augmentation (bottleneck.data.augment.AugmentOptions)."""
     au.add_argument("--augment", action="store_true", help="turn augmentation on")
     au.add_argument("--flip", choices=FLIPS, default="horizontal", help="(default horizontal)")
     au.add_argument("--rotation", type=float, default=0.05,
@@ -90,7 +93,8 @@ def _augment_args(au):
                     help="brightness/contrast/saturation jitter factor (0.1; 0 turns it off)")
 
 
-def _output_args(out):
+def _output_arguments(out):
+    """The saved model, its resume files and the report folder."""
     out.add_argument("--out", default="finetuned.keras", metavar="MODEL.keras",
                      help="best checkpoint (default finetuned.keras); MODEL.last.keras and "
                           "MODEL.state.json hold the last epoch for --resume")

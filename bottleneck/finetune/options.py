@@ -45,7 +45,7 @@ class FinetuneOptions:
 
     def __post_init__(self):
         for message in _problems(self):
-            raise UserError(message)
+            refuse(message)
 
     @property
     def warmup(self) -> int:
@@ -60,8 +60,23 @@ class FinetuneOptions:
         return CheckpointPaths.for_out(self.out, self.report)
 
 
+def choice_problem(flag: str, value, choices) -> str | None:
+    """The message for a value outside `choices` (None when it is one of them)."""
+    return None if value in choices else f"{flag} {value!r}: choose one of {', '.join(choices)}"
+
+
+def smoothing_problem(smoothing: float) -> str | None:
+    return None if 0 <= smoothing < 1 else f"--label-smoothing {smoothing} must be in [0, 1)"
+
+
+def refuse(problem: str | None) -> None:
+    """Raise the problem as a UserError; nothing when there is none."""
+    if problem:
+        raise UserError(problem)
+
+
 def _problems(o: FinetuneOptions):
-    """Every bad value, in flag order, with the value received and the fix."""
+    """Every bad value, in flag order, with the value received and the fix (None: fine)."""
     if o.epochs < 1:
         yield f"--epochs {o.epochs}: must be at least 1"
     if o.head_init not in HEAD_INITS:
@@ -70,12 +85,11 @@ def _problems(o: FinetuneOptions):
         yield f"--batch-size {o.batch_size}: must be at least 1"
     if not o.lr > 0:
         yield f"--lr {o.lr}: must be positive"
-    if o.lr_schedule not in SCHEDULES:
-        yield f"--lr-schedule {o.lr_schedule!r}: choose one of {', '.join(SCHEDULES)}"
-    if not 0 <= o.label_smoothing < 1:
-        yield f"--label-smoothing {o.label_smoothing} must be in [0, 1)"
-    if o.optimizer not in OPTIMIZERS:
-        yield f"--optimizer {o.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+    if o.warmup_lr is not None and not o.warmup_lr > 0:
+        yield f"--warmup-lr {o.warmup_lr}: must be positive (leave it out for 10 x --lr)"
+    yield choice_problem("--lr-schedule", o.lr_schedule, SCHEDULES)
+    yield smoothing_problem(o.label_smoothing)
+    yield choice_problem("--optimizer", o.optimizer, OPTIMIZERS)
     if o.class_weight not in (None, "none", "balanced"):
         yield f"--class-weight {o.class_weight!r}: only 'balanced' is supported"
     if o.patience is not None and o.patience < 1:

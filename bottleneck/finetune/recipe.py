@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from bottleneck.finetune.options import OPTIMIZERS, SCHEDULES
+from bottleneck.finetune.options import (
+    OPTIMIZERS,
+    SCHEDULES,
+    choice_problem,
+    refuse,
+    smoothing_problem,
+)
 from bottleneck.finetune.transplant import taps_model
 from features.errors import UserError
 from features.tf import keras
@@ -54,14 +60,13 @@ def make_optimizer(name: str, lr: float):
         return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=lr)
-    raise UserError(f"--optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
+    raise UserError(choice_problem("--optimizer", name, OPTIMIZERS))
 
 
 def schedule_lr(base: float, schedule: str, step: int, steps: int) -> float:
     """Learning rate of fine-tune epoch `step` (0-based) of `steps`: constant, or half a cosine
     from `base` down to base/100 at the last epoch (fewer noisy late epochs, a settled end)."""
-    if schedule not in SCHEDULES:
-        raise UserError(f"--lr-schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    refuse(choice_problem("--lr-schedule", schedule, SCHEDULES))
     if schedule == "constant" or steps <= 1:
         return base
     floor = base / 100
@@ -88,8 +93,7 @@ class SmoothedSparseCrossentropy(keras.losses.Loss):
 
 
 def make_loss(label_smoothing: float):
-    if not 0 <= label_smoothing < 1:
-        raise UserError(f"--label-smoothing {label_smoothing} must be in [0, 1)")
+    refuse(smoothing_problem(label_smoothing))
     return (SmoothedSparseCrossentropy(label_smoothing) if label_smoothing
             else "sparse_categorical_crossentropy")
 

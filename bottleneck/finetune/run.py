@@ -23,14 +23,14 @@ from bottleneck.finetune.recipe import (
     set_trainable,
     unfreeze_index,
 )
-from bottleneck.finetune.source import Source, open_source
+from bottleneck.finetune.source import Head, Source, open_source
 from bottleneck.finetune.training import (
     Data,
     Trainer,
+    TrainState,
     WeightAveraging,
     callbacks_for,
     evaluate,
-    new_state,
     save_model,
 )
 from bottleneck.finetune.transplant import (
@@ -43,9 +43,9 @@ from bottleneck.finetune.transplant import (
 from features.errors import UserError
 
 
-def run_finetune(opts: FinetuneOptions, say=print, head: dict | None = None) -> dict:
-    """Fine-tune from `opts` (a pre-loaded `head` spec dict may stand in for --from-head);
-    returns the run's summary."""
+def run_finetune(opts: FinetuneOptions, say=print, head: Head | None = None) -> dict:
+    """Fine-tune from `opts` (a pre-loaded `head` may stand in for --from-head); returns the
+    run's summary."""
     with warnings.catch_warnings():
         # val/test streams have unknown length (undecodable files are dropped): Keras finds
         # their end on the first pass and says so every time; nothing is wrong
@@ -79,7 +79,7 @@ def _train_and_report(opts: FinetuneOptions, source: Source, say, started: float
     result.update(_score_test(opts, source, data, result, say))
     from bottleneck.finetune.report import plot_curves
 
-    plot_curves(os.path.join(opts.paths.report, "training_curves.png"), state["history"])
+    plot_curves(os.path.join(opts.paths.report, "training_curves.png"), state.history)
     result["seconds"] = round(time.time() - started, 2)
     say(f"saved {opts.paths.best} (best), {opts.paths.last} (last, for --resume), report in "
         f"{opts.paths.report}/")
@@ -96,12 +96,12 @@ def _network(opts: FinetuneOptions, source: Source, say):
     if opts.resume and os.path.isfile(paths.state) and os.path.isfile(paths.last):
         try:
             with open(paths.state) as handle:
-                state = json.load(handle)
+                state = TrainState.from_json(json.load(handle))
             network = keras.saving.load_model(paths.last)
-        except (ValueError, OSError, KeyError) as exc:
+        except (ValueError, OSError, KeyError, TypeError) as exc:
             raise UserError(f"cannot resume from {paths.last} / {paths.state} ({exc}); "
                             "run again without --resume to start over") from exc
-        say(f"resuming from {paths.last} after epoch {state['epoch']}")
+        say(f"resuming from {paths.last} after epoch {state.epoch}")
         return network, state
     if opts.resume:
         say(f"--resume: no checkpoint at {paths.last}; starting fresh")
@@ -119,7 +119,7 @@ def _check_transplant(network, opts: FinetuneOptions, source: Source, say) -> di
     rows = source.rows["test"] if len(source.rows["test"]) else source.rows["val"]
     n = min(opts.check_samples, len(rows))
     sample = rows[np.linspace(0, len(rows) - 1, n).astype(int)] if n else rows
-    reference = source.head.get("predict_proba") or (lambda X: apply_spec(source.spec, X))
+    reference = source.head.predict_proba or (lambda X: apply_spec(source.spec, X))
     check = transplant_check(network, source.cache, np.unique(sample), source.data_dir,
                              reference, source.layers)
     if not check["n"]:
@@ -157,7 +157,7 @@ def _datasets(opts: FinetuneOptions, source: Source) -> Data:
 
 
 def _start(network, opts: FinetuneOptions, source: Source, data: Data, unfreeze: int,
-           check: dict | None, say) -> dict:
+           check: dict | None, say) -> TrainState:
     """Compile for the first phase; score the transplanted network, which is epoch 0: training
     must beat it on val to replace it as the saved model."""
     warmup_lr = opts.warmup_lr or 10 * opts.lr
@@ -171,17 +171,17 @@ def _start(network, opts: FinetuneOptions, source: Source, data: Data, unfreeze:
                 initial[f"{name}_accuracy"] = evaluate(network, dataset)[1]
         if initial:
             say("before training: " + ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
-    state = new_state(initial, check)
+    state = TrainState(initial=initial, transplant=check)
     if opts.head_init == "head" and data.val is not None:
         loss, accuracy = evaluate(network, data.val)
-        state["best_score"], state["best_epoch"] = [accuracy, -loss], 0
+        state.best_score, state.best_epoch = [accuracy, -loss], 0
         save_model(inference_model(network), opts.paths.best)
     return state
 
 
-def _summary(opts: FinetuneOptions, source: Source, state: dict, stopped, averaged,
+def _summary(opts: FinetuneOptions, source: Source, state: TrainState, stopped, averaged,
              unfrozen: str) -> dict:
-    check = state.get("transplant")
+    check = state.transplant
     result = {
         "model": opts.paths.best, "route": opts.head_init,
         "head_kind": source.info["head_kind"], "backbone": source.provenance.backbone,
@@ -189,15 +189,15 @@ def _summary(opts: FinetuneOptions, source: Source, state: dict, stopped, averag
         "transplant_agreement": None if check is None else check["agreement"],
         "transplant_max_abs_prob_diff": None if check is None else check["max_abs_prob_diff"],
         "transplant_n": None if check is None else check["n"],
-        "initial": state.get("initial", {}), "epochs": state["history"],
-        "best_epoch": state["best_epoch"], "stopped": stopped,
-        "train_seconds": round(state["seconds"], 2), "averaged": averaged,
+        "initial": state.initial, "epochs": state.history,
+        "best_epoch": state.best_epoch, "stopped": stopped,
+        "train_seconds": round(state.seconds, 2), "averaged": averaged,
         "selected": "average" if averaged else "best val epoch", "unfreeze_from": unfrozen,
         "warmup_epochs": opts.warmup, "split": {k: int(len(v)) for k, v in source.rows.items()},
         "report": opts.paths.report,
     }
-    if source.head is not None and source.head.get("scores"):
-        result["head_scores"] = source.head["scores"]
+    if source.head is not None and source.head.scores:
+        result["head_scores"] = source.head.scores
     return result
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -19,12 +20,27 @@ from features.provenance import Provenance
 from features.store import Cache
 
 
+@dataclass(frozen=True)
+class Head:
+    """A fitted head as fine-tuning uses it: exact layer ops and the provenance of what they read.
+
+    Library code and tests may build one from a bare spec and provenance (bundle None)."""
+
+    spec: list[dict]                  # the head as layer ops (features/spec.py)
+    provenance: Provenance            # the cache (and taps) it was fit on
+    kind: str | None = None           # logistic, svm, sgd, mlp, ...
+    predict_proba: Callable | None = None   # the transplant check's reference (default: the spec)
+    bundle: dict | None = None        # the head file's contents, for the match check and a refit
+    scores: dict = field(default_factory=dict)
+    refit: str | None = None          # "train" once refit on the train split only
+
+
 @dataclass
 class Source:
     """The cache, the head (None on the random route) and the facts derived from them."""
 
     cache: Cache
-    head: dict | None        # {spec, provenance, kind, predict_proba, bundle, scores}
+    head: Head | None
     layers: list[str]        # the cache layers the head reads, in its concatenation order
     provenance: Provenance   # the network to build: the cache's, with only those taps
     data_dir: str
@@ -37,8 +53,8 @@ class Source:
         return list(self.cache.class_names)
 
 
-def load_head_spec(path: str) -> dict:
-    """{'spec', 'provenance', 'kind', 'predict_proba', 'bundle', 'scores'} from a saved head."""
+def load_head_spec(path: str) -> Head:
+    """A saved head file as a Head (refused when it cannot become network layers exactly)."""
     from features.headfile import load_head
     from features.spec import head_layer_spec
 
@@ -51,16 +67,16 @@ def load_head_spec(path: str) -> dict:
         raise UserError(f"{exc} -- this head cannot become network layers exactly: use "
                         "--head-init random (classic route), or refit a linear head "
                         "(logistic, linear SVM, SGD) or an MLP and pass that") from exc
-    return {"spec": spec, "provenance": bundle["provenance"], "kind": bundle.get("kind"),
-            "predict_proba": bundle["pipeline"].predict_proba, "bundle": bundle,
-            "scores": bundle.get("scores", {})}
+    return Head(spec=spec, provenance=bundle["provenance"], kind=bundle.get("kind"),
+                predict_proba=bundle["pipeline"].predict_proba, bundle=bundle,
+                scores=bundle.get("scores") or {})
 
 
-def open_cache(opts: FinetuneOptions, head: dict | None) -> Cache:
+def open_cache(opts: FinetuneOptions, head: Head | None) -> Cache:
     """The cache whose split and images we train on; checked against the head's provenance."""
     from features.headfile import check_head_matches
 
-    prov = (head or {}).get("provenance")
+    prov = head.provenance if head is not None else None
     path = opts.features or (prov.cache_path if prov else None)
     if not path:
         raise UserError("no feature cache: pass --features FILE.h5 (the cache the head was fit on)")
@@ -68,16 +84,16 @@ def open_cache(opts: FinetuneOptions, head: dict | None) -> Cache:
     if head is None:
         return cache
     try:   # a bare spec + provenance (library use, tests) is checked like a head file
-        check_head_matches(head.get("bundle") or {"provenance": prov}, cache)
+        check_head_matches(head.bundle or {"provenance": prov}, cache)
     except UserError:
         cache.close()
         raise
     return cache
 
 
-def head_feature_layers(head: dict | None, cache: Cache) -> list[str]:
+def head_feature_layers(head: Head | None, cache: Cache) -> list[str]:
     """The cache layers the head reads, in its concatenation order (all layers by default)."""
-    prov = (head or {}).get("provenance")
+    prov = head.provenance if head is not None else None
     layers = list(prov.taps if prov is not None else cache.layers)
     missing = [layer for layer in layers if layer not in cache.layers]
     if missing:
@@ -85,7 +101,7 @@ def head_feature_layers(head: dict | None, cache: Cache) -> list[str]:
     return layers
 
 
-def refit_head_on_train(head: dict, cache: Cache, layers, train_rows, say) -> dict:
+def refit_head_on_train(head: Head, cache: Cache, layers, train_rows, say) -> Head:
     """A head refit on train+val has seen the val split that fine-tuning uses to choose its
     checkpoint: refit a copy on the train rows only, same hyper-parameters."""
     from sklearn.base import clone
@@ -93,16 +109,16 @@ def refit_head_on_train(head: dict, cache: Cache, layers, train_rows, say) -> di
     from features.spec import head_layer_spec
 
     started = time.time()
-    pipeline = clone(head["bundle"]["pipeline"])
+    pipeline = clone(head.bundle["pipeline"])
     pipeline.fit(cache.features(layers, train_rows), cache.labels[train_rows])
     say(f"the head was refit on train+val; refit it on the {len(train_rows)} train images only "
         f"(same hyper-parameters, {time.time() - started:.1f} s) so val stays unseen for "
         "checkpoint choice")
-    return {**head, "spec": head_layer_spec(pipeline), "predict_proba": pipeline.predict_proba,
-            "refit": "train"}
+    return replace(head, spec=head_layer_spec(pipeline), predict_proba=pipeline.predict_proba,
+                   refit="train")
 
 
-def open_source(opts: FinetuneOptions, say, head: dict | None = None) -> Source:
+def open_source(opts: FinetuneOptions, say, head: Head | None = None) -> Source:
     """Resolve the head and the cache, check them, and derive what training needs."""
     from bottleneck.finetune.transplant import random_spec
 
@@ -132,17 +148,17 @@ def _derive(opts, cache: Cache, head, random_spec, say) -> Source:
     rows = {name: np.flatnonzero(cache.split_mask(name)) for name in ("train", "val", "test")}
     if not len(rows["train"]):
         raise UserError("the cache has no train images; re-extract with a split")
-    info = {"route": opts.head_init, "head_kind": head.get("kind") if head else "random",
+    info = {"route": opts.head_init, "head_kind": head.kind if head is not None else "random",
             "from_head": opts.from_head, "provenance": prov.to_json()}
     head = _train_only_head(head, cache, layers, rows, info, say)
-    spec = head["spec"] if head is not None else random_spec(
+    spec = head.spec if head is not None else random_spec(
         cache.feature_dim(layers), len(cache.class_names), opts.seed)
     return Source(cache, head, layers, prov, data_dir, spec, rows, info)
 
 
 def _train_only_head(head, cache, layers, rows, info, say):
     """The head as fine-tuning may use it: refit on train when it saw val (in-memory heads)."""
-    scores = (head or {}).get("scores") or {}
+    scores = head.scores if head is not None else {}
     if head is None or scores.get("refit_on") != "train+val":
         return head
     if scores.get("route") == "out-of-core":

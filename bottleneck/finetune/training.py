@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import os
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -31,10 +32,26 @@ def save_model(model, path: str) -> None:
         model.save(tmp)
 
 
-def new_state(initial: dict, check: dict | None) -> dict:
-    """The resumable record of a run before its first epoch."""
-    return {"epoch": 0, "best_score": None, "best_epoch": None, "history": [], "seconds": 0.0,
-            "initial": initial, "transplant": check, "phase": None, "stale": 0}
+@dataclass
+class TrainState:
+    """What --resume needs of a run, written to MODEL.state.json after every epoch."""
+
+    epoch: int = 0                      # epochs done
+    best_score: list | None = None      # [val accuracy, -val loss] of the best epoch
+    best_epoch: int | None = None       # 0: the transplanted network before training
+    history: list[dict] = field(default_factory=list)   # one row per epoch (LOG_FIELDS)
+    seconds: float = 0.0                # training time so far (--time-budget)
+    initial: dict = field(default_factory=dict)         # val/test accuracy before training
+    transplant: dict | None = None      # the transplant check
+    phase: str | None = None            # "warmup" | "finetune" of the last epoch
+    stale: int = 0                      # epochs since the best one (--patience)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainState:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass
@@ -62,9 +79,9 @@ class Callback:
 
 
 class Trainer:
-    """Epochs from `state['epoch']` to `opts.epochs` on `network`, unfreezing after the warm-up."""
+    """Epochs from `state.epoch` to `opts.epochs` on `network`, unfreezing after the warm-up."""
 
-    def __init__(self, network, opts: FinetuneOptions, data: Data, state: dict,
+    def __init__(self, network, opts: FinetuneOptions, data: Data, state: TrainState,
                  callbacks: list[Callback], say, unfreeze: tuple[int, str] = (0, "")):
         self.network, self.opts, self.data, self.state = network, opts, data, state
         self.callbacks, self.say = callbacks, say
@@ -74,8 +91,8 @@ class Trainer:
     def fit(self) -> str | None:
         """Train to the last epoch or until a callback stops it; returns why it stopped early."""
         stopped = None
-        while self.state["epoch"] < self.opts.epochs and stopped is None:
-            row = self._epoch(self.state["epoch"])
+        while self.state.epoch < self.opts.epochs and stopped is None:
+            row = self._epoch(self.state.epoch)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, row)
             self.say(_epoch_line(row, self.opts.epochs, self.data.val is not None, self.improved))
@@ -90,12 +107,12 @@ class Trainer:
         """Unfreeze (and recompile) when the warm-up ends; set this epoch's learning rate."""
         opts, warmup = self.opts, self.opts.warmup
         phase = "warmup" if epoch < warmup else "finetune"
-        if self.state["phase"] is not None and phase != self.state["phase"]:
+        if self.state.phase is not None and phase != self.state.phase:
             trainable = set_trainable(self.network, self.unfreeze)
             compile_network(self.network, opts.optimizer, opts.lr, opts.label_smoothing)
             self.say(f"unfroze the body from layer #{self.unfreeze} {self.unfreeze_name}: "
                      f"{trainable['trainable_params']:,} trainable parameters")
-        self.state["phase"] = phase
+        self.state.phase = phase
         if phase == "finetune":
             self.network.optimizer.learning_rate.assign(
                 schedule_lr(opts.lr, opts.lr_schedule, epoch - warmup, opts.epochs - warmup))
@@ -103,8 +120,6 @@ class Trainer:
 
     def _epoch(self, epoch: int) -> dict:
         """One pass over train, then val; the epoch's row (also appended to the history)."""
-        import warnings
-
         from features.tf import keras
 
         phase = self._enter_phase(epoch)
@@ -121,9 +136,9 @@ class Trainer:
         if self.data.val is not None:
             row["val_loss"], row["val_accuracy"] = evaluate(self.network, self.data.val)
         row["seconds"] = round(time.time() - started, 2)
-        self.state["seconds"] += row["seconds"]
-        self.state["history"].append(row)
-        self.state["epoch"] = epoch + 1
+        self.state.seconds += row["seconds"]
+        self.state.history.append(row)
+        self.state.epoch = epoch + 1
         return row
 
 
@@ -144,23 +159,27 @@ def _epoch_line(row: dict, epochs: int, has_val: bool, improved: bool) -> str:
 # ---------------------------------------------------------------- callbacks
 
 class CsvLog(Callback):
-    """log.csv: one row per epoch. On resume, rows past the checkpoint's epoch (a kill between
-    the log write and the state write) are dropped, so no epoch appears twice."""
+    """log.csv: one row per epoch, the whole (small) file rewritten atomically each epoch. On
+    resume, rows past the checkpoint's epoch (a kill between the log write and the state write)
+    are dropped, so no epoch appears twice."""
 
-    def __init__(self, path: str, state: dict):
-        self.path = path
-        kept = []
-        if state["history"] and os.path.isfile(path):
+    def __init__(self, path: str, state: TrainState):
+        self.path, self.rows = path, []
+        if state.history and os.path.isfile(path):
             with open(path, newline="") as handle:
-                kept = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= state["epoch"]]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
+                self.rows = [r for r in csv.DictReader(handle)
+                             if int(r["epoch"]) <= state.epoch]
+        self._write()
 
     def on_epoch_end(self, trainer, row):
-        with open(self.path, "a", newline="") as handle:
-            csv.writer(handle).writerow([row[f] for f in LOG_FIELDS])
+        self.rows.append({f: row[f] for f in LOG_FIELDS})
+        self._write()
+
+    def _write(self) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
 
 
 class BestCheckpoint(Callback):
@@ -174,12 +193,12 @@ class BestCheckpoint(Callback):
         state = trainer.state
         score = ((row["val_accuracy"], -row["val_loss"]) if trainer.data.val is not None
                  else (row["accuracy"], -row["loss"]))
-        trainer.improved = state["best_score"] is None or tuple(score) > tuple(state["best_score"])
+        trainer.improved = state.best_score is None or tuple(score) > tuple(state.best_score)
         if trainer.improved:
-            state["best_score"], state["best_epoch"], state["stale"] = list(score), row["epoch"], 0
+            state.best_score, state.best_epoch, state.stale = list(score), row["epoch"], 0
             save_model(inference_model(trainer.network), self.paths.best)
         else:
-            state["stale"] += 1
+            state.stale += 1
 
 
 class LastCheckpoint(Callback):
@@ -190,7 +209,7 @@ class LastCheckpoint(Callback):
 
     def on_epoch_end(self, trainer, row):
         save_model(trainer.network, self.paths.last)
-        write_json(self.paths.state, trainer.state, indent=1, default=float)
+        write_json(self.paths.state, trainer.state.to_json(), indent=1, default=float)
 
 
 class EarlyStopping(Callback):
@@ -200,8 +219,8 @@ class EarlyStopping(Callback):
         self.patience = patience
 
     def stop_reason(self, trainer):
-        stale = trainer.state["stale"]
-        if trainer.state["phase"] == "finetune" and stale >= self.patience:
+        stale = trainer.state.stale
+        if trainer.state.phase == "finetune" and stale >= self.patience:
             return f"early stop: val did not improve for {stale} epochs"
         return None
 
@@ -213,7 +232,7 @@ class TimeBudget(Callback):
         self.seconds = seconds
 
     def stop_reason(self, trainer):
-        if trainer.state["seconds"] >= self.seconds:
+        if trainer.state.seconds >= self.seconds:
             return f"time budget of {self.seconds:g} s reached"
         return None
 
@@ -223,13 +242,13 @@ class WeightAveraging(Callback):
     kept on disk so --resume continues it; at the end the mean becomes the saved model.
     BatchNorm is frozen, so the mean is a valid network as it stands (SWA without the BN pass)."""
 
-    def __init__(self, path: str, opts: FinetuneOptions, state: dict, say):
+    def __init__(self, path: str, opts: FinetuneOptions, state: TrainState, say):
         self.path, self.say = path, say
         self.window_start = opts.epochs - opts.average_last + 1   # first epoch (1-based) averaged
         self.sums, self.epochs, self.result = None, [], None
-        if state["epoch"] < self.window_start:
+        if state.epoch < self.window_start:
             remove_stale(path)
-        elif not self._load(state["epoch"]):
+        elif not self._load(state.epoch):
             say("the saved weight average is out of step with the checkpoint; averaging "
                 "restarts from the next epoch")
 
@@ -280,7 +299,7 @@ def remove_stale(path: str) -> None:
         os.remove(path)
 
 
-def callbacks_for(opts: FinetuneOptions, state: dict, say) -> list[Callback]:
+def callbacks_for(opts: FinetuneOptions, state: TrainState, say) -> list[Callback]:
     """The callbacks a run's flags ask for, in the order their files must be written."""
     paths = opts.paths
     out: list[Callback] = [CsvLog(os.path.join(paths.report, "log.csv"), state),

@@ -38,11 +38,12 @@ def load_predictor(path: str, weights: str | None = None) -> Predictor:
 
 def load_keras_predictor(path: str) -> Predictor:
     """A network saved by `finetune` (every weight is in the file: no --weights needed)."""
-    from bottleneck.finetune.model import finetuned_info, load_finetuned
+    from bottleneck.finetune.model import batch_predictor, load_network
 
-    predict, class_names, size = load_finetuned(path)
-    return Predictor(kind="keras", path=path, class_names=class_names, image_size=size,
-                     predict_images=predict, info=finetuned_info(path))
+    network = load_network(path)
+    return Predictor(kind="keras", path=path, class_names=network.class_names,
+                     image_size=network.image_size, predict_images=batch_predictor(network),
+                     info=network.origin)
 
 
 def head_features(outputs, prov) -> np.ndarray:
