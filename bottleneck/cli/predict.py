@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import sys
 
+from features.atomic import atomic_path
 from features.errors import UserError
 
 
@@ -44,15 +46,22 @@ def check_flags(args):
         raise UserError("--tta must be 0 (off) or a number of augmented views")
 
 
-class _Rows:
-    """Where each image's result goes: one JSON line (--json) or a human line, plus --csv rows."""
+class _Rows(contextlib.ExitStack):
+    """Where each image's result goes: one JSON line (--json) or a human line, plus --csv rows
+    (written atomically: the file appears, complete, when the run ends)."""
 
     def __init__(self, args, say):
-        self.as_json, self.say, self.handle, self.writer = args.json, say, None, None
-        if args.csv:
-            self.handle = open(args.csv, "w", newline="")
-            self.writer = csv.writer(self.handle)
+        super().__init__()
+        self.as_json, self.say, self.csv, self.writer = args.json, say, args.csv, None
+
+    def __enter__(self):
+        super().__enter__()
+        if self.csv:
+            handle = self.enter_context(open(self.enter_context(atomic_path(self.csv)), "w",
+                                             newline=""))
+            self.writer = csv.writer(handle)
             self.writer.writerow(["path", "label", "probability", "top_k", "error"])
+        return self
 
     def failed(self, path, reason):
         if self.as_json:
@@ -72,10 +81,6 @@ class _Rows:
         if self.writer:
             self.writer.writerow([path, top[0][0], top[0][1], json.dumps(top), ""])
 
-    def close(self):
-        if self.handle:
-            self.handle.close()
-
 
 def top_classes(proba, names, k):
     """The k most probable [class, probability] pairs, ties in class order."""
@@ -86,17 +91,16 @@ def top_classes(proba, names, k):
 
 
 def run(args, say):
+    check_flags(args)
     from bottleneck.predict.predictor import collect_images, load_predictor, predict_paths
 
-    check_flags(args)
     predictor = load_predictor(args.model, args.weights)
     paths = collect_images(args.inputs)
     if predictor.info.get("warning"):
         print(f"warning: {predictor.info['warning']}", file=sys.stderr)
     k = min(args.top_k, len(predictor.class_names))
     n_ok, failed, counts = 0, [], {}
-    rows = _Rows(args, say)
-    try:
+    with _Rows(args, say) as rows:
         for path, proba, reason in predict_paths(predictor, paths, args.batch_size, tta=args.tta,
                                                    seed=args.seed):
             if proba is None:
@@ -107,8 +111,6 @@ def run(args, say):
             counts[top[0][0]] = counts.get(top[0][0], 0) + 1
             n_ok += 1
             rows.predicted(path, top)
-    finally:
-        rows.close()
     say(f"predicted {n_ok} image(s) with {predictor.path}"
         + (f"; {len(failed)} unreadable" if failed else "")
         + (f"; csv -> {args.csv}" if args.csv else ""))
