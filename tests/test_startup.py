@@ -48,3 +48,13 @@ def test_info_and_linear_fits_import_no_tensorflow(tmp_path):
     for command in ("fit-svm", "fit-logistic"):
         seen = imports_of(command, "--features", cache, "--out", str(tmp_path / "h.joblib"))
         assert seen["code"] == 0 and not seen["tf"], (command, seen)
+
+
+def test_top_level_help_imports_no_h5py():
+    """`--help` builds every parser: none of them may pull in the HDF5 cache reader."""
+    probe = ("import sys\nfrom bottleneck.cli import main\ntry:\n    main(['--help'])\n"
+             "except SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('h5py',) if m in sys.modules), file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr

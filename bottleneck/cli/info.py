@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from features.store import Cache, newest_cache
-
 
 def add_parser(sub):
     p = sub.add_parser("info", help="describe a feature cache (.h5)",
@@ -15,6 +13,8 @@ def add_parser(sub):
 
 
 def run(args, say):
+    from features.store import Cache, newest_cache   # h5py: only when the command runs
+
     with Cache(args.file or newest_cache()) as cache:
         info = cache.summary()
         info["skipped"] = [{"path": p, "reason": r} for p, r in cache.skipped]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import sys
 
-import numpy as np
-
-from bottleneck.predict.predictor import collect_images, load_predictor, predict_paths
+from features.atomic import atomic_path
 from features.errors import UserError
 
 
@@ -34,7 +34,8 @@ def add_parser(sub):
     return p
 
 
-def run(args, say):
+def check_flags(args):
+    """Refuse flag values that cannot work before loading any model."""
     if args.top_k < 1:
         raise UserError("--top-k must be at least 1")
     if args.batch_size < 1:
@@ -43,48 +44,73 @@ def run(args, say):
         raise UserError(f"--csv {args.csv}: its folder does not exist; create it or pick another")
     if args.tta < 0:
         raise UserError("--tta must be 0 (off) or a number of augmented views")
+
+
+class _Rows(contextlib.ExitStack):
+    """Where each image's result goes: one JSON line (--json) or a human line, plus --csv rows
+    (written atomically: the file appears, complete, when the run ends)."""
+
+    def __init__(self, args, say):
+        super().__init__()
+        self.as_json, self.say, self.csv, self.writer = args.json, say, args.csv, None
+
+    def __enter__(self):
+        super().__enter__()
+        if self.csv:
+            handle = self.enter_context(open(self.enter_context(atomic_path(self.csv)), "w",
+                                             newline=""))
+            self.writer = csv.writer(handle)
+            self.writer.writerow(["path", "label", "probability", "top_k", "error"])
+        return self
+
+    def failed(self, path, reason):
+        if self.as_json:
+            print(json.dumps({"path": path, "label": None, "top_k": [], "error": reason}),
+                  flush=True)
+        else:
+            self.say(f"{path}: cannot read ({reason})")
+        if self.writer:
+            self.writer.writerow([path, "", "", "", reason])
+
+    def predicted(self, path, top):
+        if self.as_json:
+            print(json.dumps({"path": path, "label": top[0][0], "probability": top[0][1],
+                              "top_k": top}), flush=True)
+        else:
+            self.say(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+        if self.writer:
+            self.writer.writerow([path, top[0][0], top[0][1], json.dumps(top), ""])
+
+
+def top_classes(proba, names, k):
+    """The k most probable [class, probability] pairs, ties in class order."""
+    import numpy as np
+
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [[names[i], round(float(proba[i]), 6)] for i in order]
+
+
+def run(args, say):
+    check_flags(args)
+    from bottleneck.predict.predictor import collect_images, load_predictor, predict_paths
+
     predictor = load_predictor(args.model, args.weights)
     paths = collect_images(args.inputs)
     if predictor.info.get("warning"):
-        import sys
-
         print(f"warning: {predictor.info['warning']}", file=sys.stderr)
-    names = predictor.class_names
-    k = min(args.top_k, len(names))
-    writer, handle = None, None
-    if args.csv:
-        handle = open(args.csv, "w", newline="")
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "probability", "top_k", "error"])
+    k = min(args.top_k, len(predictor.class_names))
     n_ok, failed, counts = 0, [], {}
-    try:
+    with _Rows(args, say) as rows:
         for path, proba, reason in predict_paths(predictor, paths, args.batch_size, tta=args.tta,
                                                    seed=args.seed):
             if proba is None:
                 failed.append({"path": path, "error": reason})
-                if args.json:
-                    print(json.dumps({"path": path, "label": None, "top_k": [], "error": reason}),
-                          flush=True)
-                else:
-                    say(f"{path}: cannot read ({reason})")
-                if writer:
-                    writer.writerow([path, "", "", "", reason])
+                rows.failed(path, reason)
                 continue
-            order = np.argsort(-proba, kind="stable")[:k]
-            top = [[names[i], round(float(proba[i]), 6)] for i in order]
-            label = top[0][0]
-            counts[label] = counts.get(label, 0) + 1
+            top = top_classes(proba, predictor.class_names, k)
+            counts[top[0][0]] = counts.get(top[0][0], 0) + 1
             n_ok += 1
-            if args.json:
-                print(json.dumps({"path": path, "label": label, "probability": top[0][1],
-                                  "top_k": top}), flush=True)
-            else:
-                say(f"{path}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
-            if writer:
-                writer.writerow([path, label, top[0][1], json.dumps(top), ""])
-    finally:
-        if handle:
-            handle.close()
+            rows.predicted(path, top)
     say(f"predicted {n_ok} image(s) with {predictor.path}"
         + (f"; {len(failed)} unreadable" if failed else "")
         + (f"; csv -> {args.csv}" if args.csv else ""))
