@@ -181,14 +181,15 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
     started = time.time()
     plan = plan_extraction(opts)
     journal = Journal(plan.out)
-    if os.path.exists(plan.out) and not opts.overwrite:
-        return _confirm_complete(plan, journal, say)
-    # with --overwrite the old cache stays in place until the new one replaces it, complete
-    _open_journal(plan, journal, say)
-    done = journal.done()
-    computed, steady = _run_batches(plan, journal, start=done, say=say, on_batch=on_batch)
-    return _assemble(plan, journal, resumed=done > 0, computed=computed, steady=steady,
-                     seconds=time.time() - started)
+    with journal.lock():
+        if os.path.exists(plan.out) and not opts.overwrite:
+            return _confirm_complete(plan, journal, say)
+        # with --overwrite the old cache stays in place until the new one replaces it, complete
+        _open_journal(plan, journal, say)
+        done = journal.done()
+        computed, steady = _run_batches(plan, journal, start=done, say=say, on_batch=on_batch)
+        return _assemble(plan, journal, resumed=done > 0, computed=computed, steady=steady,
+                         seconds=time.time() - started)
 
 
 def _confirm_complete(plan: ExtractionPlan, journal: Journal, say) -> dict:
@@ -202,11 +203,7 @@ def _confirm_complete(plan: ExtractionPlan, journal: Journal, say) -> dict:
         summary = existing.summary()
         known = set(existing.paths) | {p for p, _ in existing.skipped}
     journal.discard()   # a run killed between the final rename and its clean-up
-    listed = set(plan.folder.paths) | {path for path, _ in plan.folder.rejected}
-    changed = len(listed ^ known)
-    if changed:
-        say(f"warning: {changed} image(s) were added to or removed from {plan.folder.root} "
-            "since this cache was made; --overwrite re-extracts them all")
+    warn_folder_changed(plan.folder, known, "this cache was made", say)
     say(f"{plan.out} is already complete for these settings; nothing to do "
         "(--overwrite re-extracts).")
     return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}
@@ -218,6 +215,9 @@ def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
         journal.discard()
     if journal.exists:
         journal.check_matches(plan.provenance)
+        saved = journal.plan
+        known = set(saved["paths"]) | {path for path, _ in saved.get("rejected", [])}
+        warn_folder_changed(plan.folder, known, "this extraction started", say)
     else:
         journal.start({"provenance": plan.provenance.to_json(), "paths": plan.folder.paths,
                        "labels": plan.folder.labels.tolist(), "split": plan.split.tolist(),
@@ -227,6 +227,23 @@ def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
         say(f"resuming {plan.out}: {done} of {len(journal.plan['paths'])} images already done")
     elif plan.folder.n_ignored:
         say(f"ignoring {plan.folder.n_ignored} file(s) that are not images")
+
+
+def folder_changes(folder: ImageFolder, known: set) -> tuple[list[str], list[str]]:
+    """(images in the folder but not in `known`, images in `known` but gone from the folder)."""
+    listed = set(folder.paths) | {path for path, _ in folder.rejected}
+    return sorted(listed - known), sorted(known - listed)
+
+
+def warn_folder_changed(folder: ImageFolder, known: set, since: str, say) -> None:
+    """Say exactly which images the cache leaves out (new ones) or cannot read (gone ones)."""
+    added, removed = folder_changes(folder, known)
+    for names, what in ((added, "were added to"), (removed, "were removed from")):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5
+                                            else "")
+            say(f"warning: {len(names)} image(s) {what} {folder.root} since {since}, and are "
+                f"not part of this cache: {shown}; --overwrite re-extracts the folder as it is")
 
 
 def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed: int,

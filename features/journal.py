@@ -7,6 +7,8 @@ leaves only whole batches behind. Re-running the same command resumes after the 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -43,6 +45,30 @@ class Journal:
 
     def discard(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the writer's lock of this output for the whole run: a second extraction into the
+        same --out is refused at once, naming the process that holds it (never two writers
+        interleaving batches, never a cache replaced by a fragment)."""
+        path = self.out_path + ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UserError(f"another extraction (pid {holder}) is writing {self.out_path}; "
+                                "wait for it to finish, or pass another --out") from None
+            if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(fd).st_ino:
+                raise UserError(f"another extraction just finished writing {self.out_path}; "
+                                "run the command again")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+            os.remove(path)   # while still holding it: a waiting run sees a new inode
+        finally:
+            os.close(fd)
 
     def writer(self):
         """An ordered background writer: `submit(save_batch, ...)` returns at once, so the

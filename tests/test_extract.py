@@ -329,3 +329,64 @@ def test_a_file_name_that_is_not_utf8_is_skipped_and_listed(tiny_copy, tmp_path)
                                   "file name is not valid UTF-8: rename the file")]
     again = extract(tiny_copy, tmp_path / "f.h5")   # the complete cache is recognised as such
     assert again["already_complete"]
+
+
+def test_resume_after_the_folder_changed_says_what_it_left_out(tiny_copy, tmp_path):
+    """Resuming used to leave images added after the interruption out of the cache silently."""
+    import shutil
+
+    out = tmp_path / "f.h5"
+
+    def interrupt(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(tiny_copy, out, batch_size=5, on_batch=interrupt)
+    dots = os.path.join(tiny_copy, "dots")
+    shutil.copy(os.path.join(dots, sorted(os.listdir(dots))[0]), os.path.join(dots, "new.png"))
+    said = []
+    from bottleneck.extract import ExtractOptions, run_extract
+
+    result = run_extract(ExtractOptions(data=tiny_copy, out=str(out), backbone="mobilenet",
+                                        alpha=0.25, weights="none", image_size=32, batch_size=5,
+                                        progress=False), say=said.append)
+    assert result["resumed"] and result["n_images"] == 24
+    warning = [line for line in said if line.startswith("warning:")]
+    assert len(warning) == 1 and "1 image(s) were added" in warning[0] and "dots/new.png" in warning[0]
+
+
+def test_two_extractions_into_one_out_exclude_each_other(tiny_folder, tmp_path):
+    """Two runs into one --out once left caches missing whole classes while both exited 0. The
+    first run is paused inside its work (a forced interleaving, not timing luck); the second is
+    refused at once, naming the first; the first then finishes a whole cache."""
+    import subprocess
+    import sys
+    import time
+
+    from .helpers import ROOT
+
+    out, ready, go = tmp_path / "f.h5", tmp_path / "ready", tmp_path / "go"
+    script = f"""
+import os, sys, time
+sys.path.insert(0, {ROOT!r})
+from tests.helpers import extract
+def pause(n):
+    open({str(ready)!r}, "w").close()
+    while not os.path.exists({str(go)!r}):
+        time.sleep(0.05)
+extract({tiny_folder!r}, {str(out)!r}, batch_size=5, on_batch=pause)
+"""
+    first = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while not ready.exists():
+            assert first.poll() is None and time.time() < deadline, "the first run never started"
+            time.sleep(0.05)
+        with pytest.raises(UserError, match=f"pid {first.pid}"):
+            extract(tiny_folder, out, batch_size=5)
+    finally:
+        go.touch()
+        assert first.wait(timeout=120) == 0
+    with Cache(str(out)) as cache:
+        assert len(cache) == 24 and sorted(set(cache.labels.tolist())) == [0, 1, 2, 3]
+    assert not (tmp_path / "f.h5.lock").exists()
