@@ -30,6 +30,7 @@ from bottleneck.backbones.registry import (
 )
 from bottleneck.data.augment import augmented_views
 from bottleneck.data.images import ImageFolder, decode_with_pillow, image_dataset, scan_folder
+from features.atomic import check_writable
 from features.errors import UserError
 from features.journal import Journal
 from features.provenance import CONTENT_KEYS, Provenance
@@ -105,7 +106,7 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
     alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
     folder = scan_folder(opts.data)
-    check_output_folder(opts.out or os.path.join("features", "cache.h5"))
+    check_writable(opts.out or os.path.join("features", "cache.h5"))
     presplit = folder.split is not None
     split = folder.split if presplit else assign_split(
         folder.labels, test_size=opts.test_size, val_size=opts.val_size, seed=opts.seed)
@@ -130,31 +131,10 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
     return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights)
 
 
-def check_output_folder(out: str) -> None:
-    """Refuse, before any work, an --out that cannot be written: a folder, under a file, or in a
-    folder this process may not write (creating the folder if it is missing)."""
-    if os.path.isdir(out):
-        raise UserError(f"--out {out} is a folder; give a file name, e.g. "
-                        f"--out {os.path.join(out, 'features.h5')}")
-    parent = os.path.dirname(os.path.abspath(out))
-    probe = parent
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise UserError(f"--out {out}: {probe} is a file, not a folder; pick another --out")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the folder {parent} for the cache ({exc.strerror}); "
-                        "pass --out in a folder you can write") from exc
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write in {parent}; pass --out in a folder you can write")
-
-
 def check_output_file(out: str, overwrite: bool) -> None:
     """An existing file at --out must be one of our caches (complete or not): anything else is
     never overwritten."""
-    check_output_folder(out)
+    check_writable(out)
     if os.path.exists(out) and not _is_our_cache(out):
         raise UserError(f"{out} exists and is not a bottleneck feature cache; refusing to "
                         "replace it" + (" even with --overwrite" if overwrite else "")
@@ -223,6 +203,10 @@ def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
                        "labels": plan.folder.labels.tolist(), "split": plan.split.tolist(),
                        "datasets": plan.datasets, "rejected": plan.folder.rejected})
     done = journal.done()
+    empty = plan.folder.empty_classes
+    if empty:
+        say(f"warning: class folder(s) {', '.join(empty)} hold no images: those classes will have "
+            "no examples; add images or remove the folder(s)")
     if done:
         say(f"resuming {plan.out}: {done} of {len(journal.plan['paths'])} images already done")
     elif plan.folder.n_ignored:
@@ -255,8 +239,9 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
     skipped = [(paths[i], reason) for i, reason in skipped] + [
         (path, reason) for path, reason in saved.get("rejected", [])]
     if not ok:
-        raise UserError(f"none of the {len(paths)} images could be read; see {journal.dir} for "
-                        "details")
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
+        raise UserError(f"none of the {len(paths)} images could be read ({reasons}"
+                        + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "") + ")")
     prov = journal.provenance()   # the run's own record (its class list, labels and split)
     write_cache(plan.out, prov, paths=[paths[i] for i in ok],
                 labels=np.asarray(saved["labels"])[ok],
@@ -275,6 +260,7 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
         "features": {k.split("/", 1)[1]: v for k, v in saved["datasets"].items()
                      if k.startswith("features/")},
         "split": split_counts(np.asarray(saved["split"])[ok]), "classes": list(prov.class_names),
+        "empty_classes": plan.folder.empty_classes,
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
     }
 

@@ -21,6 +21,8 @@ def temporary_name(path: str) -> str:
 def atomic_path(path: str):
     """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
     tmp = temporary_name(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(tmp)   # left by a writer that was killed (SIGKILL cannot clean up; we can)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -28,6 +30,28 @@ def atomic_path(path: str):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def check_writable(path: str, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder, under a file,
+    or in a folder this process may not write (creating the folder if it is missing)."""
+    from features.errors import UserError
+
+    if os.path.isdir(path):
+        raise UserError(f"{flag} {path} is a folder; give a file name (in it, or elsewhere)")
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = parent
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise UserError(f"{flag} {path}: {probe} is a file, not a folder; pick another {flag}")
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder {parent} ({exc.strerror}); pass {flag} in a "
+                        "folder you can write") from exc
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write in {parent}; pass {flag} in a folder you can write")
 
 
 def write_text(path: str, text: str) -> None:

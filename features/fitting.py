@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features.atomic import check_writable
 from features.errors import UserError
 from features.headfile import make_bundle, save_head
 from features.heads import (
@@ -224,6 +225,14 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
     return summary
 
 
+def _check_outputs(opts: FitOptions, default_out: str) -> None:
+    """The head file and the report folder must be writable before any head is fitted: an
+    output error after minutes of fitting would lose the work."""
+    check_writable(opts.out or default_out)
+    if opts.report and os.path.exists(opts.report) and not os.path.isdir(opts.report):
+        raise UserError(f"--report {opts.report} is a file; give a folder for the report")
+
+
 def _open(opts: FitOptions) -> Cache:
     path = opts.features or newest_cache()
     if not os.path.isfile(path):
@@ -248,6 +257,7 @@ def fit_one(kind: str, opts: FitOptions, say=print) -> dict:
     """Fit one head kind, score the test split once, save the head (and report)."""
     if kind not in KINDS:
         raise UserError(f"unknown head {kind!r}; choose one of {', '.join(KINDS)}")
+    _check_outputs(opts, f"{kind}.joblib")
     with _open(opts) as cache:
         data = _Data(cache, opts, say)
         _say_route(data, say)
@@ -260,6 +270,7 @@ def fit_one(kind: str, opts: FitOptions, say=print) -> dict:
 
 def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
     """Fit every kind, rank by CV score on the train split, test and save only the winner."""
+    _check_outputs(opts, "best.joblib")
     with _open(opts) as cache:
         data = _Data(cache, opts, say)
         _say_route(data, say)

@@ -390,3 +390,26 @@ extract({tiny_folder!r}, {str(out)!r}, batch_size=5, on_batch=pause)
     with Cache(str(out)) as cache:
         assert len(cache) == 24 and sorted(set(cache.labels.tolist())) == [0, 1, 2, 3]
     assert not (tmp_path / "f.h5.lock").exists()
+
+
+def test_an_all_corrupt_folder_says_why_in_its_one_line(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "data" / name / f"{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(UserError, match=r"none of the 8 images could be read \(a/0.jpg: .*"
+                                         r"; and 5 more\)"):
+        extract(str(tmp_path / "data"), tmp_path / "f.h5", test_size=0, val_size=0)
+
+
+def test_an_empty_class_folder_is_warned_about_at_extract_time(tiny_copy, tmp_path):
+    os.mkdir(os.path.join(tiny_copy, "zebras"))
+    said = []
+    from bottleneck.extract import ExtractOptions, run_extract
+
+    result = run_extract(ExtractOptions(data=tiny_copy, out=str(tmp_path / "f.h5"),
+                                        backbone="mobilenet", alpha=0.25, weights="none",
+                                        image_size=32, test_size=0, val_size=0, progress=False),
+                         say=said.append)
+    assert result["empty_classes"] == ["zebras"]
+    assert any("zebras" in line and line.startswith("warning:") for line in said)

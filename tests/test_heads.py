@@ -1,6 +1,7 @@
 """Stage 2 heads on small synthetic caches (written directly, no network): fast."""
 
 import json
+import os
 from dataclasses import replace
 
 import joblib
@@ -254,3 +255,26 @@ def test_kernel_winner_also_saves_best_transplantable_head(tmp_path):
     bundle = load_head(extra["path"])
     assert bundle["kind"] == "logistic" and bundle["scores"]["test"] is None
     head_layer_spec(bundle["pipeline"])   # expressible as network layers
+
+
+@pytest.mark.parametrize("case", ["out_is_a_folder", "out_under_a_file", "report_is_a_file"])
+def test_unwritable_outputs_are_refused_before_fitting(separable, tmp_path, case):
+    """fit used to fit for minutes, then lose the head to an IsADirectoryError (leaving .tmp)."""
+    (tmp_path / "plain").write_text("x")
+    out, report = {"out_is_a_folder": (tmp_path, None),
+                   "out_under_a_file": (tmp_path / "plain" / "h.joblib", None),
+                   "report_is_a_file": (tmp_path / "h.joblib", tmp_path / "plain")}[case]
+    said = []
+    with pytest.raises(UserError, match="folder|file"):
+        fit_one("logistic", quick(features=separable, out=str(out),
+                                  report=None if report is None else str(report)), said.append)
+    assert not any(line.startswith("features:") for line in said)   # refused before the work
+    assert sorted(os.listdir(tmp_path)) == ["plain"]
+
+
+def test_a_stale_temporary_of_a_killed_dump_is_cleaned_by_the_next_save(separable, tmp_path):
+    stale = tmp_path / "best.tmp.joblib"
+    stale.write_bytes(b"half a pickle")
+    fit_one("logistic", quick(features=separable, out=str(tmp_path / "best.joblib")),
+            lambda *a: None)
+    assert sorted(os.listdir(tmp_path)) == ["best.joblib"]

@@ -42,6 +42,10 @@ def check_flags(args):
         raise UserError("--batch-size must be at least 1")
     if args.csv and not os.path.isdir(os.path.dirname(os.path.abspath(args.csv))):
         raise UserError(f"--csv {args.csv}: its folder does not exist; create it or pick another")
+    if args.csv:
+        from features.atomic import check_writable
+
+        check_writable(args.csv, "--csv")
     if args.tta < 0:
         raise UserError("--tta must be 0 (off) or a number of augmented views")
 

@@ -34,6 +34,12 @@ class ImageFolder:
     def absolute(self, rel: str) -> str:
         return os.path.join(self.root, rel)
 
+    @property
+    def empty_classes(self) -> list[str]:
+        """Class folders without a single image (they would silently have no examples)."""
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return [name for name, count in zip(self.class_names, counts) if not count]
+
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
