@@ -106,6 +106,9 @@ def check_labels(y, class_names, where="train split"):
         raise UserError(f"the cache has {len(class_names)} class; a classifier needs at least two "
                         "class folders: add another class and re-run extract")
     missing = [class_names[i] for i in range(len(class_names)) if i not in present]
+    if missing and where == "cache":   # an empty class folder: no split can help
+        raise UserError(f"the cache has no images of {', '.join(missing)} at all (empty class "
+                        "folder); add images to it or remove the folder, then re-extract")
     if missing:
         raise UserError(f"the {where} has no images of {', '.join(missing)}; add images or "
                         "re-extract with another --seed/--test-size")

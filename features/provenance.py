@@ -16,7 +16,11 @@ CONTENT_KEYS = ("data_dir", "backbone", "alpha", "weights", "image_size", "pool"
 # What a head (or network) and the features it is applied to must share. "taps" means: the other
 # side computes every layer this side reads (its feature_layers, else its layers).
 COMPATIBLE_KEYS = ("backbone", "alpha", "weights", "image_size", "pool", "taps", "preprocess",
-                   "class_names")
+                   "class_names", "data_id")
+# what a differing key means, where its values alone do not say it
+_MEANING = {"data_id": "the head was fitted on other images or another split of them (its test "
+                       "figures here would be computed on images it trained on): refit it on "
+                       "this cache"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Provenance:
     test_size: float = 0.2
     val_size: float = 0.1
     views: int = 0                        # augmented views per image stored beside the plain one
+    data_id: str = ""                     # identity of the image set and its split (data_identity)
     weights_path: str | None = None       # where a local weights file was read (its id: weights)
     cache_path: str | None = None         # the cache a head was fitted on
     versions: dict = field(default_factory=dict, compare=False)
@@ -62,7 +67,8 @@ class Provenance:
                                f"{list(other.layers)}")
             elif getattr(self, key) != getattr(other, key):
                 out.append(f"{key}: {mine} {_show(getattr(self, key))}, {theirs} "
-                           f"{_show(getattr(other, key))}")
+                           f"{_show(getattr(other, key))}"
+                           + (f" ({_MEANING[key]})" if key in _MEANING else ""))
         return out
 
     def with_taps(self, layers) -> "Provenance":
@@ -112,3 +118,16 @@ def _plain(value):
 
 def _show(value):
     return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def data_identity(paths, labels, split) -> str:
+    """sha256 over the sorted (relative path, label, split code) rows: two caches share it only
+    when they hold the same images with the same labels in the same split. Caches written before
+    it was recorded have none ('')."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path, label, code in sorted(zip(paths, (int(x) for x in labels),
+                                        (int(x) for x in split))):
+        digest.update(f"{path}\t{label}\t{code}\n".encode("utf-8", "surrogateescape"))
+    return "sha256:" + digest.hexdigest()

@@ -28,13 +28,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+from dataclasses import replace
 
 import h5py
 import numpy as np
 
 from features.atomic import atomic_path
 from features.errors import UserError
-from features.provenance import Provenance
+from features.provenance import Provenance, data_identity
 from features.split import SPLIT_NAMES
 
 FORMAT_VERSION = 1
@@ -58,6 +59,7 @@ def write_cache(path: str, provenance: Provenance, *, paths, labels, split, shar
     rename makes the file visible under `path`.
     """
     n = len(paths)
+    provenance = replace(provenance, data_id=data_identity(paths, labels, split))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_group("features")
         dsets = {}

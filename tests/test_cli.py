@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from features.store import Cache
 
@@ -82,3 +83,21 @@ def test_kill_9_then_rerun_resumes(tiny_folder, tmp_path):
     with Cache(str(out)) as a, Cache(str(tmp_path / "w.h5")) as b:
         assert a.paths == b.paths
         np.testing.assert_array_equal(a.features(a.layers[0]), b.features(b.layers[0]))
+
+
+@pytest.mark.parametrize("after", [0.3, 1.5])
+def test_ctrl_c_while_importing_is_one_line(tmp_path, after):
+    """Ctrl-C in the first seconds (Python still importing TensorFlow) printed a traceback."""
+    import signal as sig
+
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "cli.py"), "layers",
+                             "--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none"],
+                            cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(after)
+    proc.send_signal(sig.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the command finished before the signal")
+    assert proc.returncode == 130 and "Traceback" not in err, err[-1500:]
+    assert err.strip().splitlines()[-1].startswith("interrupted")

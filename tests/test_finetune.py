@@ -284,6 +284,25 @@ def test_short_finetune_improves_over_start(data, tmp_path):
     probs = predict(images)
     assert probs.shape == (len(rows), len(names))
     assert abs(float(np.mean(probs.argmax(1) == cache.labels[rows])) - result["test_accuracy"]) < 1e-6
+    # README promises the saved model loads with plain Keras: a fresh Python that imports only
+    # keras (not this project) loads it and gives the same probabilities
+    assert_loads_with_plain_keras(out, images, probs, tmp_path)
+
+
+def assert_loads_with_plain_keras(path, images, probs, tmp_path):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", images)
+    code = (f"import sys, numpy as np, keras; m = keras.saving.load_model({path!r}); "
+            f"np.save({str(tmp_path / 'p.npy')!r}, m.predict(np.load({str(tmp_path / 'x.npy')!r}), "
+            "verbose=0)); print(sorted(k for k in sys.modules if k.split('.')[0] in "
+            "('bottleneck', 'features')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"   # nothing of ours was imported
+    np.testing.assert_allclose(np.load(tmp_path / "p.npy"), probs, atol=1e-5)
 
 
 def test_cli_random_route_with_augmentation_and_export(data, tmp_path, capsys):

@@ -278,3 +278,19 @@ def test_a_stale_temporary_of_a_killed_dump_is_cleaned_by_the_next_save(separabl
     fit_one("logistic", quick(features=separable, out=str(tmp_path / "best.joblib")),
             lambda *a: None)
     assert sorted(os.listdir(tmp_path)) == ["best.joblib"]
+
+
+def test_a_head_from_another_cache_of_the_same_photos_is_refused(tmp_path):
+    """A head fitted on a 60-image cache passed every check on a 30-image cache of the same
+    photos with the same settings, whose test images it had trained on."""
+    X, y = blobs(n_per_class=15, k=4, d=6)
+    names = ["w", "x", "y", "z"]
+    big = write_synthetic_cache(tmp_path / "big.h5", {"a": X}, y, names)
+    small = write_synthetic_cache(tmp_path / "small.h5", {"a": X[:30]}, y[:30], names)
+    fit_one("logistic", quick(features=big, out=str(tmp_path / "h.joblib")),
+            lambda *a: None)
+    head = load_head(str(tmp_path / "h.joblib"))
+    with Cache(big) as cache:
+        check_head_matches(head, cache)   # its own cache: accepted
+    with Cache(small) as cache, pytest.raises(UserError, match="data_id.*refit it on this cache"):
+        check_head_matches(head, cache)

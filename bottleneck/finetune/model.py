@@ -44,7 +44,7 @@ def load_network(path: str) -> FinetunedNetwork:
         raise UserError(f"--model {path}: no such file; train one with `python cli.py finetune`")
     try:
         model = keras.saving.load_model(path, compile=False)
-        class_names, info = class_info(model)
+        class_names, info = class_info(model, path)
     except UserError:
         raise
     except Exception as exc:

@@ -31,12 +31,14 @@ from bottleneck.finetune.training import (
     WeightAveraging,
     callbacks_for,
     evaluate,
-    save_model,
 )
 from bottleneck.finetune.transplant import (
     apply_spec,
     build_network,
+    attach_meta,
     inference_model,
+    read_meta,
+    save_network,
     taps_model,
     transplant_check,
 )
@@ -101,6 +103,9 @@ def _network(opts: FinetuneOptions, source: Source, say):
         except (ValueError, OSError, KeyError, TypeError) as exc:
             raise UserError(f"cannot resume from {paths.last} / {paths.state} ({exc}); "
                             "run again without --resume to start over") from exc
+        meta = read_meta(paths.last)
+        if meta is not None:
+            attach_meta(network, meta)
         say(f"resuming from {paths.last} after epoch {state.epoch}")
         return network, state
     if opts.resume:
@@ -175,7 +180,7 @@ def _start(network, opts: FinetuneOptions, source: Source, data: Data, unfreeze:
     if opts.head_init == "head" and data.val is not None:
         loss, accuracy = evaluate(network, data.val)
         state.best_score, state.best_epoch = [accuracy, -loss], 0
-        save_model(inference_model(network), opts.paths.best)
+        save_network(inference_model(network), opts.paths.best)
     return state
 
 

@@ -20,16 +20,10 @@ import numpy as np
 
 from bottleneck.finetune.options import CheckpointPaths, FinetuneOptions
 from bottleneck.finetune.recipe import compile_network, schedule_lr, set_trainable
-from bottleneck.finetune.transplant import inference_model
+from bottleneck.finetune.transplant import inference_model, save_network
 from features.atomic import atomic_path, write_json
 
 LOG_FIELDS = ["epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
-
-
-def save_model(model, path: str) -> None:
-    """Save a .keras file atomically: a kill never leaves half a file under `path`."""
-    with atomic_path(path) as tmp:
-        model.save(tmp)
 
 
 @dataclass
@@ -196,7 +190,7 @@ class BestCheckpoint(Callback):
         trainer.improved = state.best_score is None or tuple(score) > tuple(state.best_score)
         if trainer.improved:
             state.best_score, state.best_epoch, state.stale = list(score), row["epoch"], 0
-            save_model(inference_model(trainer.network), self.paths.best)
+            save_network(inference_model(trainer.network), self.paths.best)
         else:
             state.stale += 1
 
@@ -208,7 +202,7 @@ class LastCheckpoint(Callback):
         self.paths = paths
 
     def on_epoch_end(self, trainer, row):
-        save_model(trainer.network, self.paths.last)
+        save_network(trainer.network, self.paths.last)
         write_json(self.paths.state, trainer.state.to_json(), indent=1, default=float)
 
 
@@ -274,7 +268,7 @@ class WeightAveraging(Callback):
         if trainer.data.val is not None:
             loss, accuracy = evaluate(trainer.network, trainer.data.val)
             self.result.update(val_accuracy=accuracy, val_loss=loss)
-        save_model(inference_model(trainer.network), trainer.opts.paths.best)
+        save_network(inference_model(trainer.network), trainer.opts.paths.best)
         self.say(f"averaged the weights of epochs {self.epochs[0]}-{self.epochs[-1]}"
                  + (f": val_acc {self.result['val_accuracy']:.4f}"
                     if trainer.data.val is not None else "")

@@ -28,11 +28,13 @@ from features.tf import keras
 
 EPS = 1e-12
 ACTIVATIONS = ("linear", "relu", "softmax")
+META_ENTRY = "bottleneck.json"   # in the .keras archive: class names and origin (plain data)
 
 
 @keras.saving.register_keras_serializable(package="bottleneck")
 class L2Normalize(keras.layers.Layer):
-    """x / max(||x||_2, 1e-12) per row: sklearn's `Normalizer(norm='l2')`."""
+    """x / max(||x||_2, 1e-12) per row. New networks use the stock UnitNormalization; this
+    stays registered so networks saved before still load."""
 
     def call(self, inputs):
         norm = keras.ops.sqrt(keras.ops.sum(keras.ops.square(inputs), axis=-1, keepdims=True))
@@ -41,7 +43,8 @@ class L2Normalize(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="bottleneck")
 class ClassProbabilities(keras.layers.Layer):
-    """Softmax over the last axis that also stores the class names (and a JSON info string)."""
+    """Softmax that stored the class names in networks saved before they moved to the archive's
+    META_ENTRY; stays registered so those networks still load."""
 
     def __init__(self, class_names=(), info: str = "{}", **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -98,15 +101,16 @@ def random_spec(d_in: int, n_classes: int, seed: int = 0) -> list[dict]:
              "bias": np.zeros(n_classes, "float32"), "activation": "softmax"}]
 
 
-def head_layers(spec, class_names, info: dict | None = None):
-    """One Keras layer per spec op (weights set at build time); the softmax becomes two layers:
-    a linear Dense and ClassProbabilities."""
+def head_layers(spec):
+    """One stock Keras layer per spec op (weights set at build time); the softmax becomes two
+    layers: a linear Dense and a float32 Softmax named `probabilities`."""
     layers = []
     n_dense = sum(op["op"] == "dense" for op in spec)
     k = 0
     for op in spec:
         if op["op"] == "l2":
-            layers.append((L2Normalize(name=f"head_l2_{len(layers)}"), None))
+            layers.append((keras.layers.UnitNormalization(axis=-1, name=f"head_l2_{len(layers)}"),
+                           None))
             continue
         k += 1
         kernel = np.asarray(op["kernel"], "float32")
@@ -117,8 +121,7 @@ def head_layers(spec, class_names, info: dict | None = None):
                                    name="head_logits" if k == n_dense else f"head_dense_{k}")
         layers.append((dense, [kernel, bias]))
         if act == "softmax":
-            layers.append((ClassProbabilities(class_names, json.dumps(info or {}, default=str),
-                                              name="probabilities"), None))
+            layers.append((keras.layers.Softmax(name="probabilities", dtype="float32"), None))
     return layers
 
 
@@ -143,13 +146,47 @@ def build_network(feature_model, spec, class_names, *, augment=None, info=None):
     feats = feature_vector(feature_model, x)
     check_spec(spec, int(feats.shape[-1]), len(class_names))
     pending = []
-    for layer, weights in head_layers(spec, class_names, info):
+    for layer, weights in head_layers(spec):
         feats = layer(feats)
         if weights is not None:
             pending.append((layer, weights))
     for layer, weights in pending:
         layer.set_weights(weights)
-    return keras.Model(inputs, feats, name="finetune")
+    network = keras.Model(inputs, feats, name="finetune")
+    attach_meta(network, {"class_names": list(class_names), "info": info or {}})
+    return network
+
+
+def attach_meta(network, meta: dict) -> None:
+    """Keep the class names and origin with the in-memory network (a JSON string: Keras does not
+    track it), so `save_network` can write them into the archive."""
+    network._bottleneck_meta = json.dumps(meta, default=str)
+
+
+def save_network(network, path: str) -> None:
+    """Save a .keras file atomically, with META_ENTRY added to the archive: stock layers only,
+    so `keras.saving.load_model(path)` needs nothing of ours; our loader reads the names."""
+    import zipfile
+
+    from features.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        network.save(tmp)
+        meta = getattr(network, "_bottleneck_meta", None)
+        if meta:
+            with zipfile.ZipFile(tmp, "a") as archive:
+                archive.writestr(META_ENTRY, meta)
+
+
+def read_meta(path: str) -> dict | None:
+    """The META_ENTRY of a saved network, or None (a network saved before it existed)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return json.loads(archive.read(META_ENTRY))
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError):
+        return None
 
 
 def taps_model(network):
@@ -161,8 +198,17 @@ def taps_model(network):
     raise UserError("the network has no `<backbone>_taps` body; was it built by bottleneck?")
 
 
-def class_info(network) -> tuple[list[str], dict]:
+def class_info(network, path: str | None = None) -> tuple[list[str], dict]:
+    """(class names, origin info) of a network: from its archive at `path` or its in-memory
+    record, else (networks saved before) from its ClassProbabilities layer."""
+    meta = read_meta(path) if path else None
+    if meta is None and getattr(network, "_bottleneck_meta", None):
+        meta = json.loads(network._bottleneck_meta)
+    if meta is not None:
+        return list(meta["class_names"]), dict(meta.get("info") or {})
     layer = network.get_layer("probabilities")
+    if not hasattr(layer, "class_names"):
+        raise UserError("the network carries no class names; was it saved by `finetune`?")
     return list(layer.class_names), json.loads(layer.info or "{}")
 
 
@@ -171,7 +217,9 @@ def inference_model(network):
     best checkpoint, exported and used by predict. Augmentation is identity at inference anyway,
     but its random ops would still be traced into a SavedModel/TFLite graph."""
     if not any(layer.name.startswith("aug_") for layer in network.layers):
-        return network
+        plain = keras.Model(network.inputs[0], network.outputs[0], name="finetune")   # uncompiled
+        plain._bottleneck_meta = getattr(network, "_bottleneck_meta", None)
+        return plain
     inputs = keras.Input(network.inputs[0].shape[1:], name="image", dtype="float32")
     outs = network.get_layer("features")(inputs)
     outs = list(outs) if isinstance(outs, (list, tuple)) else [outs]
@@ -182,7 +230,9 @@ def inference_model(network):
     for layer in network.layers:
         if layer.name.startswith("head_") or layer.name == "probabilities":
             x = layer(x)
-    return keras.Model(inputs, x, name="finetune")
+    plain = keras.Model(inputs, x, name="finetune")
+    plain._bottleneck_meta = getattr(network, "_bottleneck_meta", None)
+    return plain
 
 
 def transplant_check(network, cache, rows, data_dir: str, reference, layers=None) -> dict:
