@@ -413,3 +413,30 @@ def test_an_empty_class_folder_is_warned_about_at_extract_time(tiny_copy, tmp_pa
                          say=said.append)
     assert result["empty_classes"] == ["zebras"]
     assert any("zebras" in line and line.startswith("warning:") for line in said)
+
+
+def test_an_interrupted_overwrite_keeps_the_old_cache(tiny_folder, tmp_path):
+    """--overwrite used to delete the complete cache when it started: an interrupted overwrite
+    left neither, and the original command was then refused."""
+    out = tmp_path / "f.h5"
+    first = extract(tiny_folder, out)
+    with open(out, "rb") as handle:
+        original = handle.read()
+
+    def interrupt(n):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        extract(tiny_folder, out, pool="max", overwrite=True, batch_size=5, on_batch=interrupt)
+    with open(out, "rb") as handle:
+        assert handle.read() == original
+    with Cache(str(out)) as cache:
+        assert cache.provenance().pool == "avg" and len(cache) == first["n_images"]
+    assert extract(tiny_folder, out)["already_complete"]   # the original command still works
+
+
+def test_image_size_zero_is_refused_not_replaced():
+    from bottleneck.extract import ExtractOptions
+
+    with pytest.raises(UserError, match="--image-size 0"):
+        ExtractOptions(data="x", image_size=0)

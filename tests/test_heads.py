@@ -294,3 +294,10 @@ def test_a_head_from_another_cache_of_the_same_photos_is_refused(tmp_path):
         check_head_matches(head, cache)   # its own cache: accepted
     with Cache(small) as cache, pytest.raises(UserError, match="data_id.*refit it on this cache"):
         check_head_matches(head, cache)
+
+
+def test_fit_on_a_cache_with_an_empty_class_names_the_folder_not_the_seed(tmp_path):
+    X, y = blobs(n_per_class=12, k=3, d=6)
+    path = write_synthetic_cache(tmp_path / "c.h5", {"a": X}, y, ["p", "q", "r", "empty"])
+    with pytest.raises(UserError, match="no images of empty at all .*remove the folder"):
+        fit_one("logistic", quick(features=path, out=str(tmp_path / "h.joblib")), lambda *a: None)

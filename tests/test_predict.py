@@ -113,3 +113,10 @@ def test_fit_refuses_head_cache_mismatch_via_check(fitted):
         prov = cache.provenance()
     with pytest.raises(UserError, match="pool.*weights|weights.*pool"):
         check_head_matches(bundle, replace(prov, pool="avg", weights="imagenet"))
+
+
+def test_predict_csv_that_is_a_folder_is_refused_before_work(fitted, tmp_path, capsys):
+    assert main(["predict", fitted["data"], "--model", fitted["head"], "--csv",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--csv" in err[0] and "is a folder" in err[0]

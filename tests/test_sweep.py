@@ -112,3 +112,14 @@ def test_sweep_help_says_unlike_data_prefers_lower_layers():
     proc = run_cli("sweep", "--help")
     text = " ".join(proc.stdout.split())  # argparse wraps at the terminal's width
     assert proc.returncode == 0 and "unlike ImageNet" in text and "prefers a lower layer" in text
+
+
+def test_sweep_caches_of_two_folders_with_one_name_differ(tmp_path):
+    """`a/images` then `b/images` used to share one cache name, so the second was refused as
+    'already holds a different cache'."""
+    from bottleneck.explore.sweep import SweepOptions, cache_name
+
+    row = get_backbone("mobilenet")
+    names = {cache_name(SweepOptions(data=str(tmp_path / d / "images"), weights="none"), row,
+                        0.25, 32, ["5", "9"]) for d in ("a", "b")}
+    assert len(names) == 2 and all(n.startswith("images_mobilenet-a0.25_32_") for n in names)
