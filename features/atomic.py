@@ -11,10 +11,12 @@ import os
 
 
 def temporary_name(path: str) -> str:
-    """Where `path` is written before the rename: same folder, same extension (savers such as
-    Keras' `model.save` check it), marked `.tmp`."""
-    stem, ext = os.path.splitext(path)
-    return f"{stem}.tmp{ext}" if ext else f"{path}.tmp"
+    """Where `path` is written before the rename: same folder, a hidden name (no listing or glob
+    of the folder mistakes it for a finished file), same extension (savers such as Keras'
+    `model.save` check it), marked `.tmp`."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.tmp{ext}" if ext else f".{name}.tmp")
 
 
 @contextlib.contextmanager

@@ -78,7 +78,7 @@ class Journal:
         return ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
     def _shards(self) -> list[str]:
-        # finished batches only: a killed write's temporary (upto_N.tmp.npz) is not one
+        # finished batches only: a killed write's temporary (.upto_N.tmp.npz) is not one
         return sorted(p for p in glob.glob(os.path.join(self.dir, "upto_*.npz"))
                       if re.fullmatch(r"upto_\d+\.npz", os.path.basename(p)))
 

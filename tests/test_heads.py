@@ -273,7 +273,7 @@ def test_unwritable_outputs_are_refused_before_fitting(separable, tmp_path, case
 
 
 def test_a_stale_temporary_of_a_killed_dump_is_cleaned_by_the_next_save(separable, tmp_path):
-    stale = tmp_path / "best.tmp.joblib"
+    stale = tmp_path / ".best.tmp.joblib"   # what a killed dump leaves
     stale.write_bytes(b"half a pickle")
     fit_one("logistic", quick(features=separable, out=str(tmp_path / "best.joblib")),
             lambda *a: None)
