@@ -65,8 +65,11 @@ class Journal:
                                 "run the command again")
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
-            yield
-            os.remove(path)   # while still holding it: a waiting run sees a new inode
+            try:
+                yield
+            finally:   # removed while still held, so a run that opened it sees a stale inode
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
         finally:
             os.close(fd)
 

@@ -440,3 +440,11 @@ def test_image_size_zero_is_refused_not_replaced():
 
     with pytest.raises(UserError, match="--image-size 0"):
         ExtractOptions(data="x", image_size=0)
+
+
+def test_a_refused_run_leaves_no_lock_file(tiny_folder, tmp_path):
+    out = tmp_path / "f.h5"
+    extract(tiny_folder, out)
+    with pytest.raises(UserError, match="different cache"):
+        extract(tiny_folder, out, pool="max")
+    assert sorted(os.listdir(tmp_path)) == ["f.h5"]
