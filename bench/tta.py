@@ -23,7 +23,7 @@ from features.store import Cache  # noqa: E402
 def main(cache_path: str, head_path: str) -> dict:
     with Cache(cache_path) as cache:
         test = np.flatnonzero(cache.split_mask("test"))
-        paths = [os.path.join(cache.attrs["data_dir"], cache.paths[i]) for i in test]
+        paths = [os.path.join(cache.provenance().data_dir, cache.paths[i]) for i in test]
         labels = cache.labels[test]
     predictor = load_predictor(head_path)
     out = {}
