@@ -243,6 +243,10 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
             else:
                 moved += int(not np.array_equal(wa, wb))
     assert moved > 0  # the unfrozen convolutions did train
+    # the family's preprocessing (a frozen 1x1 conv) never trains, whatever is unfrozen
+    for a, b in zip(start.get_layer("features").get_layer("preprocess").get_weights(),
+                    trained.get_layer("features").get_layer("preprocess").get_weights()):
+        np.testing.assert_array_equal(a, b)
 
     # resume: continue from the last checkpoint for 2 more epochs
     opts2 = FinetuneOptions(**{**opts.__dict__, "epochs": 4, "resume": True})
