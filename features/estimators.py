@@ -67,6 +67,19 @@ def stratified_folds(folds: int, random_state, groups=None):
     return kind(folds, shuffle=True, random_state=random_state)
 
 
+class FirstSplit:
+    """Only the first split of a CV splitter: a stratified hold-out of 1/k of the rows."""
+
+    def __init__(self, splitter):
+        self.splitter = splitter
+
+    def split(self, X, y=None, groups=None):
+        yield next(iter(self.splitter.split(X, y, groups)))
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return 1
+
+
 def held_out_splitter(y_index, folds: int, random_state, groups=None):
     """Stratified folds, grouped when `groups` names the image of each row (augmented views), so
     no image is scored by a model that saw one of its views; None when a class has too few."""
@@ -145,67 +158,162 @@ class SoftmaxLinearMixin(TemperedSoftmaxMixin):
         return self.temperature_ * coef.T, self.temperature_ * intercept
 
 
-class TemperedLinearSVC(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
-    """LinearSVC whose probabilities are softmax(T * decision_function), T fitted by log-loss on
-    cross-validated decision values (`temperature_cv` folds; 0 keeps T = 1, used inside searches)."""
+class LinearSolverMixin(SoftmaxLinearMixin):
+    """A linear head solved by features/solvers.py: `loss` names the objective, `C` its
+    strength, `class_weight` weights rows like scikit-learn's."""
 
-    def __init__(self, C=1.0, class_weight=None, max_iter=5000, temperature_cv=3, random_state=0):
+    loss = "logistic"
+
+    def solve(self, X, y, preconditioner=None, init=None):
+        """Fit coef_ and intercept_ only (no temperature); `init` is an earlier `solution_` of
+        the same data (warm start along a C grid). Returns self."""
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        from features.solvers import fit_linear
+
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the "
+                             f"data, but the data contains only one class: {self.classes_[0]!r}")
+        weight = None if self.class_weight is None else compute_sample_weight(self.class_weight, y)
+        self.solution_ = fit_linear(X, np.searchsorted(self.classes_, y), len(self.classes_),
+                                    C=self.C, loss=self.loss, sample_weight=weight,
+                                    preconditioner=preconditioner, init=init,
+                                    max_iter=self.max_iter, tol=self.tol)
+        self.coef_, self.intercept_ = self.solution_.coef, self.solution_.intercept
+        self.n_iter_ = self.solution_.n_iter
+        self.temperature_ = 1.0
+        return self
+
+
+class LinearLogistic(LinearSolverMixin, ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression (binary: the logistic loss), the objective of
+    scikit-learn's LogisticRegression: C * sum of cross-entropies + |W|^2 / 2, intercept not
+    penalised; predict_proba = softmax(X W + b), its own probabilities."""
+
+    loss = "logistic"
+
+    def __init__(self, C=1.0, class_weight=None, max_iter=500, tol=1e-4, random_state=0):
         self.C = C
         self.class_weight = class_weight
         self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    def fit(self, X, y, preconditioner=None):
+        X, y = checked_training_data(self, X, y)
+        return self.solve(np.asarray(X, np.float32), y, preconditioner)
+
+
+class TemperedLinearSVC(LinearSolverMixin, ClassifierMixin, BaseEstimator):
+    """A one-vs-rest linear SVM with the squared hinge (LinearSVC's objective, intercept not
+    penalised), whose probabilities are softmax(T * decision_function). T is `temperature` when
+    given (the search fits it on cross-validated decision values), else fitted by log-loss on
+    `temperature_cv`-fold decision values (0: T = 1)."""
+
+    loss = "hinge"
+
+    def __init__(self, C=1.0, class_weight=None, max_iter=500, tol=1e-4, temperature=None,
+                 temperature_cv=3, random_state=0):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.tol = tol
+        self.temperature = temperature
         self.temperature_cv = temperature_cv
         self.random_state = random_state
 
-    def _svc(self):
-        from sklearn.svm import LinearSVC
-
-        return LinearSVC(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter,
-                         random_state=self.random_state)
-
-    def fit(self, X, y, groups=None):
+    def fit(self, X, y, groups=None, preconditioner=None):
         X, y = checked_training_data(self, X, y)
-        with quiet_convergence():
-            svc = self._svc().fit(X, y)
-            self.classes_ = svc.classes_
-            self.coef_, self.intercept_ = svc.coef_, svc.intercept_
-            self.n_iter_ = svc.n_iter_
-            self.temperature_ = cv_temperature(self._svc, X, y, self.classes_,
-                                               self.temperature_cv, self.random_state, groups)
+        X = np.asarray(X, np.float32)
+        self.solve(X, y, preconditioner)
+        self.temperature_ = fixed_or_cv_temperature(self, X, y, groups)
         return self
+
+
+def fixed_or_cv_temperature(model, X, y, groups=None) -> float:
+    """`model.temperature` when set, else the log-loss temperature of `temperature_cv`-fold
+    decision values of clones that keep T = 1."""
+    if model.temperature is not None:
+        return float(model.temperature)
+    from sklearn.base import clone
+
+    def make():
+        return clone(model).set_params(temperature=1.0)
+
+    return cv_temperature(make, X, y, model.classes_, model.temperature_cv, model.random_state,
+                          groups)
 
 
 class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
     """A kernel SVC (one-vs-rest decision function) whose probabilities are
-    softmax(T * decision_function), T fitted like TemperedLinearSVC's. Not expressible as layers."""
+    softmax(T * decision_function), T set like TemperedLinearSVC's. Not expressible as layers.
+
+    The kernel matrix is computed with BLAS and handed to SVC(kernel="precomputed"): libsvm's own
+    kernel evaluation is ~10x slower. `support_vectors_` keep what predictions need."""
 
     def __init__(self, kernel="rbf", C=1.0, gamma="scale", degree=3, class_weight=None,
-                 temperature_cv=3, random_state=0):
+                 temperature=None, temperature_cv=3, random_state=0):
         self.kernel = kernel
         self.C = C
         self.gamma = gamma
         self.degree = degree
         self.class_weight = class_weight
+        self.temperature = temperature
         self.temperature_cv = temperature_cv
         self.random_state = random_state
 
-    def _svc(self):
+    def gamma_for(self, X) -> float:
+        """SVC's gamma: 'scale' is 1 / (n_features * X.var()), computed on the fitted rows."""
+        if self.gamma != "scale":
+            return float(self.gamma)
+        variance = float(np.var(X, dtype=np.float64))
+        return 1.0 / (X.shape[1] * variance) if variance > 0 else 1.0
+
+    def kernel_matrix(self, X, Y, gamma: float) -> np.ndarray:
+        """k(X, Y) as float64 (what libsvm takes), from one float32 matrix product: the error is
+        ~1e-7 of the exponent on standardised features, far below what changes a decision."""
+        X, Y = np.asarray(X, np.float32), np.asarray(Y, np.float32)
+        dot = X @ Y.T
+        if self.kernel == "poly":
+            return (np.float64(gamma) * dot.astype(np.float64)) ** self.degree
+        if self.kernel != "rbf":
+            raise ValueError(f"kernel {self.kernel!r}: choose rbf or poly")
+        squared = (X * X).sum(axis=1)[:, None] + (Y * Y).sum(axis=1)[None, :] - 2.0 * dot
+        return np.exp(-np.float64(gamma) * np.maximum(squared, 0.0), dtype=np.float64)
+
+    def fit_kernel(self, K, y):
+        """Fit the SVC on a precomputed kernel matrix of the training rows (no temperature)."""
         from sklearn.svm import SVC
 
-        return SVC(kernel=self.kernel, C=self.C, gamma=self.gamma, degree=self.degree,
-                   class_weight=self.class_weight, decision_function_shape="ovr",
-                   random_state=self.random_state)
+        self.svc_ = SVC(kernel="precomputed", C=self.C, class_weight=self.class_weight,
+                        decision_function_shape="ovr", random_state=self.random_state).fit(K, y)
+        self.classes_ = self.svc_.classes_
+        self.temperature_ = 1.0
+        return self
 
     def fit(self, X, y, groups=None):
         X, y = checked_training_data(self, X, y)
-        self.svc_ = self._svc().fit(X, y)
-        self.classes_ = self.svc_.classes_
-        self.temperature_ = cv_temperature(self._svc, X, y, self.classes_, self.temperature_cv,
-                                           self.random_state, groups)
+        X = np.asarray(X, np.float32)
+        self.gamma_ = self.gamma_for(X)
+        self.fit_kernel(self.kernel_matrix(X, X, self.gamma_), y)
+        self.support_vectors_ = X[self.svc_.support_]
+        self.n_fit_ = len(X)
+        self.temperature_ = fixed_or_cv_temperature(self, X, y, groups)
         return self
 
     def decision_function(self, X):
         X = checked_input(self, X)
-        return self.svc_.decision_function(X)
+        if self.svc_.kernel != "precomputed":   # heads saved before the precomputed kernel
+            return self.svc_.decision_function(X)
+        parts = []
+        for start in range(0, len(X), 2048):   # bounded memory: (2048, n_fit) at a time
+            rows = np.asarray(X[start:start + 2048], np.float32)
+            full = np.zeros((len(rows), self.n_fit_))
+            full[:, self.svc_.support_] = self.kernel_matrix(rows, self.support_vectors_,
+                                                             self.gamma_)
+            parts.append(self.svc_.decision_function(full))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)))
 
 
 class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
@@ -255,12 +363,12 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
 
 
 class NumpyMLP(ClassifierMixin, BaseEstimator):
-    """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained with Keras (Adam,
-    early stopping on a validation set, seeded) and stored as numpy arrays: predict_proba is pure
-    numpy, so loading a head needs no TensorFlow. `weights_` = [W1, b1, W2, b2]."""
+    """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained in numpy
+    (features/mlp.py: Adam, L2, early stopping on a validation set, seeded) and stored as numpy
+    arrays, so neither training nor loading needs TensorFlow. `weights_` = [W1, b1, W2, b2]."""
 
-    def __init__(self, hidden=256, dropout=0.5, learning_rate=1e-3, l2=1e-4, batch_size=32,
-                 max_epochs=200, patience=10, class_weight=None, random_state=0):
+    def __init__(self, hidden=256, dropout=0.5, learning_rate=5e-3, l2=1e-4, batch_size=256,
+                 max_epochs=200, patience=3, class_weight=None, random_state=0):
         self.hidden = hidden
         self.dropout = dropout
         self.learning_rate = learning_rate
@@ -272,7 +380,7 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
-        from features.tf import keras
+        from features.mlp import MLPSettings, train_mlp
 
         X, y = checked_training_data(self, X, y)
         X = np.asarray(X, dtype=np.float32)
@@ -280,46 +388,37 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         if len(self.classes_) < 2:
             raise ValueError("NumpyMLP needs samples of at least 2 classes in the data, but the "
                              f"data contains only one class: {self.classes_[0]!r}")
-        k = max(2, len(self.classes_))
         y_index = np.searchsorted(self.classes_, y)
-        if X_val is None or len(X_val) == 0:
-            # no validation split in the cache: hold out a stratified tenth of the training rows
-            # (of the training images, all views of each, when grouped)
-            held = self._holdout(y_index, groups) if len(y) >= 20 else None
-            if held is not None:
-                fit_idx = np.setdiff1d(np.arange(len(y)), held)
-                X, X_val, y_index, yv_index = X[fit_idx], X[held], y_index[fit_idx], y_index[held]
-            else:
-                X_val, yv_index = X, y_index
-        else:
-            yv_index = np.searchsorted(self.classes_, y_val)
-        keras.utils.set_random_seed(int(self.random_state))
-        reg = keras.regularizers.L2(self.l2) if self.l2 else None
-        inputs = keras.Input((X.shape[1],), dtype="float32")
-        h = keras.layers.Dense(self.hidden, activation="relu", kernel_regularizer=reg)(inputs)
-        h = keras.layers.Dropout(self.dropout, seed=int(self.random_state))(h)
-        out = keras.layers.Dense(k, activation="softmax", kernel_regularizer=reg)(h)
-        model = keras.Model(inputs, out)
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        weights = None
+        X, y_index, X_val, yv_index = self._early_stopping_rows(X, y_index, X_val, y_val, groups)
+        settings = MLPSettings(self.hidden, self.dropout, self.learning_rate, self.l2,
+                               self.batch_size, self.max_epochs, self.patience)
+        result = train_mlp(X, y_index, X_val, yv_index, len(self.classes_), settings,
+                           self._class_weights(y_index), int(self.random_state))
+        self.weights_ = result.weights
+        self.n_epochs_, self.best_epoch_ = result.n_epochs, result.best_epoch
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _early_stopping_rows(self, X, y_index, X_val, y_val, groups):
+        """(X, y, X_val, y_val) for training: the given val set, else a stratified tenth of the
+        training rows (whole images when grouped), else the training rows themselves."""
+        if X_val is not None and len(X_val):
+            return X, y_index, X_val, np.searchsorted(self.classes_, y_val)
+        held = self._holdout(y_index, groups) if len(y_index) >= 20 else None
+        if held is None:
+            return X, y_index, X, y_index
+        fit_idx = np.setdiff1d(np.arange(len(y_index)), held)
+        return X[fit_idx], y_index[fit_idx], X[held], y_index[held]
+
+    def _class_weights(self, y_index):
+        """Per-class weights (indexed like classes_) for 'balanced' or a {label: weight} dict."""
+        k = len(self.classes_)
         if self.class_weight == "balanced":
             counts = np.bincount(y_index, minlength=k).astype(float)
-            weights = {i: len(y_index) / (k * c) for i, c in enumerate(counts) if c}
-        elif isinstance(self.class_weight, dict):   # {class label: weight}, as scikit-learn's
-            weights = {i: float(self.class_weight.get(c, 1.0))
-                       for i, c in enumerate(self.classes_)}
-        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=self.patience,
-                                             restore_best_weights=True)
-        history = model.fit(X, y_index, validation_data=(np.asarray(X_val, np.float32), yv_index),
-                            epochs=self.max_epochs, batch_size=self.batch_size, verbose=0,
-                            shuffle=True, callbacks=[stop], class_weight=weights)
-        self.weights_ = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
-        self.n_epochs_ = len(history.history["loss"])
-        self.best_epoch_ = int(np.argmin(history.history["val_loss"])) + 1
-        self.n_features_in_ = X.shape[1]
-        keras.backend.clear_session()
-        return self
+            return np.where(counts > 0, len(y_index) / (k * np.maximum(counts, 1)), 0.0)
+        if isinstance(self.class_weight, dict):
+            return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_])
+        return None
 
     def _holdout(self, y_index, groups=None):
         """Rows of a stratified tenth held out for early stopping (whole images when grouped)."""

@@ -20,6 +20,7 @@ from features.heads import (
     NOT_TRANSPLANTABLE,
     ROUTES,
     check_labels,
+    cv_splitter,
     fit_head,
 )
 from features.outofcore import (
@@ -39,7 +40,7 @@ class FitOptions:
     out: str | None = None
     report: str | None = None
     seed: int = 0
-    n_jobs: int = 1
+    n_jobs: int = -1       # CV folds in parallel, one core each; -1 = all cores
     class_weight: str | None = None     # 'balanced' or None
     folds: int = 5
     scaling: str = "standard"
@@ -103,6 +104,17 @@ class _Data:
             self.views = 0
         self.memory = {"estimate_mb": round(need, 1), "budget_mb": round(budget, 1)}
         self._xy = None
+        self._folds = None
+
+    def folds(self, opts: FitOptions):
+        """The CV folds of the training rows, their preprocessing shared by every head kind."""
+        from features.search import FoldSet
+
+        if self._folds is None:
+            X, y, X_val, y_val, groups = self.xy()
+            self._folds = FoldSet(X, y, groups, cv_splitter(y, opts.folds, opts.seed, groups),
+                                  (X_val, y_val), opts.n_jobs)
+        return self._folds
 
     def xy(self):
         """(X_train, y_train, X_val, y_val, groups): with views, each training image contributes
@@ -148,7 +160,7 @@ def _fit_kind(kind, data: _Data, opts: FitOptions, say):
     pipeline, info = fit_head(kind, X_train, y_train, X_val, y_val, scaling=opts.scaling,
                               pca=opts.pca, class_weight=opts.class_weight, seed=opts.seed,
                               folds=opts.folds, n_jobs=opts.n_jobs, refit_on=opts.refit_on,
-                              mlp_params=opts.mlp, groups=groups)
+                              mlp_params=opts.mlp, groups=groups, fold_set=data.folds(opts))
     info["route"] = "in-memory"
     return kind, pipeline, info
 

@@ -33,6 +33,7 @@ SCALINGS = ("standard", "l2", "l2+standard", "none")
 SVM_C_GRID = (1e-4, 1e-3, 1e-2)
 LOGISTIC_C_GRID = (1e-3, 1e-2, 1e-1)
 KERNEL_C_GRID = (1.0, 10.0)
+HOLDOUT_ABOVE = 20_000   # training rows above which CV is one stratified hold-out fold
 
 
 def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weight=None,
@@ -61,9 +62,7 @@ def _classifier(kind: str, class_weight, seed: int):
     if kind == "svm":
         return est.TemperedLinearSVC(class_weight=class_weight, random_state=seed)
     if kind == "logistic":
-        from sklearn.linear_model import LogisticRegression
-
-        return LogisticRegression(max_iter=1000, class_weight=class_weight, random_state=seed)
+        return est.LinearLogistic(class_weight=class_weight, random_state=seed)
     if kind == "sgd":
         return est.TemperedSGD(class_weight=class_weight, random_state=seed)
     if kind == "mlp":
@@ -87,19 +86,6 @@ def param_grid(kind: str) -> dict:
     return {}
 
 
-def _search_params(kind: str) -> dict:
-    """Settings that make CV candidates cheaper without changing their decisions."""
-    if kind in ("svm", "svm-rbf", "svm-poly"):
-        return {"clf__temperature_cv": 0}
-    return {}
-
-
-def _final_params(kind: str) -> dict:
-    if kind in ("svm", "svm-rbf", "svm-poly"):
-        return {"clf__temperature_cv": 3}
-    return {}
-
-
 def check_labels(y, class_names, where="train split"):
     present = np.unique(y)
     if len(class_names) < 2:
@@ -116,37 +102,56 @@ def check_labels(y, class_names, where="train split"):
 
 def cv_splitter(y, folds: int, seed: int, groups=None):
     """Stratified k-fold on the train split; with `groups` (the image of each augmented view),
-    every view of an image stays in one fold, so CV never scores an image whose views it saw."""
-    from features.estimators import smallest_class, stratified_folds
+    every view of an image stays in one fold, so CV never scores an image whose views it saw.
+    Above HOLDOUT_ABOVE training rows, only the first fold is used: one stratified hold-out of
+    1/k of the rows, which at that size measures accuracy to a fraction of a point at 1/k of the
+    cost."""
+    from features.estimators import FirstSplit, smallest_class, stratified_folds
 
     smallest = smallest_class(y, groups)
     folds = min(int(folds), smallest)
     if folds < 2:
         raise UserError(f"the train split has only {smallest} image(s) in some class; "
                         "cross-validation needs at least 2 per class: add images")
-    return stratified_folds(folds, seed, groups)
+    splitter = stratified_folds(folds, seed, groups)
+    return FirstSplit(splitter) if len(y) > HOLDOUT_ABOVE else splitter
 
 
 def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="standard", pca=None,
-             class_weight=None, seed=0, folds=5, n_jobs=1, refit_on="train+val", grid=None,
-             mlp_params=None, groups=None):
+             class_weight=None, seed=0, folds=5, n_jobs=-1, refit_on="train+val", grid=None,
+             mlp_params=None, groups=None, fold_set=None):
     """Choose hyper-parameters by stratified k-fold CV on (X_train, y_train), refit, return
-    (fitted pipeline, info with cv scores and chosen params). Never sees any test data."""
+    (fitted pipeline, info with cv scores and chosen params). Never sees any test data.
+    `fold_set`: the folds' preprocessed data shared with other heads (features/search.py)."""
+    from features.search import FoldSet, blas_threads, search
+
     started = time.time()
     pipe = make_pipeline(kind, scaling=scaling, pca=pca, class_weight=class_weight, seed=seed)
     if kind == "mlp" and mlp_params:
         pipe.set_params(**{f"clf__{k}": v for k, v in mlp_params.items()})
-    cv = cv_splitter(y_train, folds, seed, groups)
+    if fold_set is None:
+        fold_set = FoldSet(X_train, y_train, groups, cv_splitter(y_train, folds, seed, groups),
+                           (X_val, y_val), n_jobs)
     grid = param_grid(kind) if grid is None else grid
-    info = {"kind": kind, "scaling": scaling, "pca": pca, "class_weight": class_weight,
-            "folds": cv.get_n_splits(), "grid": grid, "grouped_cv": groups is not None}
     train, val = (X_train, y_train, groups), (X_val, y_val)
-    if kind == "mlp":
-        final = _cv_and_fit_mlp(pipe, cv, train, val, info)
+    if kind == "mlp":   # nothing to choose: the final fit runs alongside the folds
+        found = search(pipe, grid, fold_set, alongside=lambda: _fit_mlp_pipeline(
+            clone_with(pipe, {}), X_train, y_train, X_val, y_val, groups))
+        final, clf = found.alongside, found.alongside.named_steps["clf"]
+        refit = {"refit_on": "train (val for early stopping)", "epochs": clf.n_epochs_,
+                 "best_epoch": clf.best_epoch_}
     else:
-        info.update(_cv_search(clone_with(pipe, _search_params(kind)), grid, cv, train, n_jobs))
-        final = clone_with(pipe, {**info["best_params"], **_final_params(kind)})
-        info["refit_on"] = _refit(final, train, val, refit_on)
+        found = search(pipe, grid, fold_set)
+        final = clone_with(pipe, found.best_params)
+        if found.temperature is not None:   # from the CV held-out decisions: no extra fits
+            final.set_params(clf__temperature=found.temperature)
+        hint = fold_set.preconditioner(pipe[:-1]) if hasattr(pipe[-1], "solve") else None
+        with blas_threads(len(X_train), n_jobs):
+            refit = {"refit_on": _refit(final, train, val, refit_on, hint)}
+    info = {"kind": kind, "scaling": scaling, "pca": pca, "class_weight": class_weight,
+            "folds": len(fold_set.splits), "grid": grid, "grouped_cv": groups is not None,
+            "best_params": found.best_params, "cv_scores": found.cv_scores,
+            "candidates": found.candidates, "temperature": found.temperature, **refit}
     info["cv_mean"] = float(np.mean(info["cv_scores"]))
     info["cv_std"] = float(np.std(info["cv_scores"]))
     info["fit_seconds"] = round(time.time() - started, 2)
@@ -160,30 +165,9 @@ def clone_with(pipe, params: dict):
     return clone(pipe).set_params(**params)
 
 
-def _cv_search(pipe, grid: dict, cv, train, n_jobs) -> dict:
-    """{best_params, cv_scores (the best candidate's folds), candidates} by GridSearchCV (or
-    plain cross-validation when there is nothing to choose)."""
-    from sklearn.model_selection import GridSearchCV, cross_val_score
-
-    X, y, groups = train
-    if not grid:
-        scores = cross_val_score(pipe, X, y, cv=cv, scoring="accuracy", n_jobs=n_jobs,
-                                 groups=groups)
-        return {"best_params": {}, "cv_scores": [float(s) for s in scores], "candidates": []}
-    search = GridSearchCV(pipe, grid, cv=cv, scoring="accuracy", n_jobs=n_jobs, refit=False,
-                          error_score="raise")
-    search.fit(X, y, groups=groups)
-    results, best = search.cv_results_, search.best_index_
-    return {"best_params": dict(search.best_params_),
-            "cv_scores": [float(results[f"split{i}_test_score"][best])
-                          for i in range(cv.get_n_splits())],
-            "candidates": [{"params": dict(p), "cv_mean": float(m), "cv_std": float(s)}
-                           for p, m, s in zip(results["params"], results["mean_test_score"],
-                                              results["std_test_score"])]}
-
-
-def _refit(final, train, val, refit_on: str) -> str:
-    """Fit the chosen pipeline on train, or on train+val; returns which rows it saw."""
+def _refit(final, train, val, refit_on: str, preconditioner=None) -> str:
+    """Fit the chosen pipeline on train, or on train+val; returns which rows it saw.
+    `preconditioner`: the search's, reused by a linear head's solver (features/solvers.py)."""
     X, y, groups = train
     X_val, y_val = val
     if refit_on == "train+val" and X_val is not None and len(X_val):
@@ -191,40 +175,23 @@ def _refit(final, train, val, refit_on: str) -> str:
         all_groups = None if groups is None else np.concatenate(
             [groups, np.max(groups) + 1 + np.arange(len(X_val))])
         final.fit(np.concatenate([X, X_val]), np.concatenate([y, y_val]),
-                  **_group_params(final, all_groups))
+                  **_fit_params(final, all_groups, preconditioner))
         return "train+val"
-    final.fit(X, y, **_group_params(final, groups))
+    final.fit(X, y, **_fit_params(final, groups, preconditioner))
     return "train"
 
 
-def _cv_and_fit_mlp(pipe, cv, train, val, info: dict):
-    """The MLP has nothing to search: score it by CV (val for early stopping in every fold),
-    then fit it on all of train; fills `info`, returns the fitted pipeline."""
-    from sklearn.base import clone
-
-    X, y, groups = train
-    scores = []
-    for fit_idx, held in cv.split(X, y, groups):
-        p = clone(pipe)
-        _fit_mlp_pipeline(p, X[fit_idx], y[fit_idx], *val,
-                          None if groups is None else np.asarray(groups)[fit_idx])
-        scores.append(float(np.mean(p.predict(X[held]) == y[held])))
-    final = _fit_mlp_pipeline(clone(pipe), X, y, *val, groups)
-    clf = final.named_steps["clf"]
-    info.update(best_params={}, cv_scores=scores, candidates=[],
-                refit_on="train (val for early stopping)", epochs=clf.n_epochs_,
-                best_epoch=clf.best_epoch_)
-    return final
-
-
-def _group_params(pipe, groups) -> dict:
-    """`clf__groups` for a final fit when the classifier holds rows out internally (SVM
-    temperature, SGD temperature) and the rows are augmented views of images; else nothing."""
+def _fit_params(pipe, groups, preconditioner=None) -> dict:
+    """Fit parameters of the classifier step that it accepts: `groups` when it holds rows out
+    internally (temperature) and rows are augmented views; a linear solver's preconditioner."""
     import inspect
 
-    if groups is None or "groups" not in inspect.signature(pipe.steps[-1][1].fit).parameters:
-        return {}
-    return {f"{pipe.steps[-1][0]}__groups": np.asarray(groups)}
+    name, step = pipe.steps[-1]
+    accepted = inspect.signature(step.fit).parameters
+    given = {"groups": None if groups is None else np.asarray(groups),
+             "preconditioner": preconditioner}
+    return {f"{name}__{key}": value for key, value in given.items()
+            if value is not None and key in accepted}
 
 
 def _fit_mlp_pipeline(pipe, X, y, X_val, y_val, groups=None):

@@ -138,7 +138,7 @@ def test_held_out_rows_of_heads_are_whole_images_on_views():
     from sklearn.svm import LinearSVC
 
     from features.estimators import NumpyMLP, cv_temperature
-    from features.heads import _group_params, make_pipeline
+    from features.heads import _fit_params, make_pipeline
 
     rng = np.random.default_rng(0)
     n, k, d = 80, 4, 120
@@ -156,6 +156,6 @@ def test_held_out_rows_of_heads_are_whole_images_on_views():
     assert set(groups[held]).isdisjoint(np.delete(groups, held))   # whole images out
     assert 0.05 < len(held) / len(y) < 0.2
 
-    assert "clf__groups" in _group_params(make_pipeline("svm"), groups)
-    assert _group_params(make_pipeline("logistic"), groups) == {}   # no internal holdout
-    assert _group_params(make_pipeline("svm"), None) == {}
+    assert "clf__groups" in _fit_params(make_pipeline("svm"), groups)
+    assert _fit_params(make_pipeline("logistic"), groups) == {}   # no internal holdout
+    assert _fit_params(make_pipeline("svm"), None) == {}

@@ -22,8 +22,9 @@ def _common(p, out_default: str):
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write metrics.json, classification_report.txt and confusion_matrix.png")
     p.add_argument("--seed", type=int, default=0, help="seed of CV folds and training (default 0)")
-    p.add_argument("--n-jobs", type=int, default=1,
-                   help="parallel CV fits (scikit-learn n_jobs; -1 = all cores; default 1)")
+    p.add_argument("--n-jobs", type=int, default=-1,
+                   help="cores to use: CV folds run in parallel, one core each (-1 = all, the "
+                        "default; 1 = one core)")
     p.add_argument("--class-weight", choices=("balanced", "none"), default="none",
                    help="weight classes inversely to their frequency (default none)")
     p.add_argument("--cv", type=int, default=5, dest="folds", metavar="K",
@@ -52,11 +53,13 @@ def _common(p, out_default: str):
 
 
 def _mlp_args(p):
-    p.add_argument("--hidden", type=int, default=256, help="MLP hidden units (default 256)")
-    p.add_argument("--dropout", type=float, default=0.5, help="MLP dropout (default 0.5)")
-    p.add_argument("--epochs", type=int, default=200,
+    """The MLP's flags; unset ones take features/mlp.py's MLPSettings defaults."""
+    p.add_argument("--hidden", type=int, default=None, help="MLP hidden units (default 256)")
+    p.add_argument("--dropout", type=float, default=None, help="MLP dropout (default 0.5)")
+    p.add_argument("--epochs", type=int, default=None,
                    help="maximum MLP epochs; early stopping on the val split (default 200)")
-    p.add_argument("--patience", type=int, default=10, help="early-stopping patience (default 10)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="epochs without a better val loss before the MLP stops (default 3)")
 
 
 def options(args):

@@ -1,0 +1,208 @@
+"""Cross-validated choice of a head's hyper-parameters in one pass over the folds.
+
+A plain GridSearchCV refits the scaler for every candidate, recomputes an SVM's kernel for every
+C and starts every solver from zero. Here each fold's preprocessing (scaler, PCA) is fitted once
+on the fold's own rows and shared by every head kind and candidate (`FoldSet`), kernel SVMs get
+their kernel matrix once per fold, linear heads walk their C grid warm-started, and folds run in
+parallel, one core each. The decisions are those of the plain search: every candidate is fitted
+on the fold's training rows only and scored on its held-out rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features.estimators import TemperedKernelSVC, as_logits, fit_temperature
+
+
+@dataclass
+class FoldData:
+    """One fold: its rows after the pipeline's preprocessing fitted on its training rows."""
+
+    X_fit: np.ndarray
+    y_fit: np.ndarray
+    X_held: np.ndarray
+    y_held: np.ndarray
+    held: np.ndarray              # row numbers of the held-out rows in the training set
+    groups_fit: np.ndarray | None
+    X_val: np.ndarray | None      # the cache's val split, same preprocessing (MLP early stopping)
+    y_val: np.ndarray | None
+    kernels: dict = field(default_factory=dict)
+
+    def kernel(self, model: TemperedKernelSVC):
+        """(K fit x fit, K held x fit) for the model's kernel, computed once per fold."""
+        key = (model.kernel, model.gamma, model.degree)
+        if key not in self.kernels:
+            gamma = model.gamma_for(self.X_fit)
+            self.kernels[key] = (model.kernel_matrix(self.X_fit, self.X_fit, gamma),
+                                 model.kernel_matrix(self.X_held, self.X_fit, gamma))
+        return self.kernels[key]
+
+
+class FoldSet:
+    """The CV folds of one training set, each fold's preprocessed data made once per distinct
+    preprocessing and shared by every head fitted on it (`fit` tries several kinds)."""
+
+    def __init__(self, X, y, groups, splitter, val=(None, None), n_jobs: int = -1):
+        self.X, self.y, self.groups = X, np.asarray(y), groups
+        self.X_val, self.y_val = val
+        self.splits = list(splitter.split(X, self.y, groups))
+        self.n_jobs = n_jobs
+        self._data: dict[str, list[FoldData]] = {}
+        self._preconditioners: dict[str, object] = {}
+
+    def preconditioner(self, prefix):
+        """One preconditioner for the linear solvers of every fold and C (from the first fold:
+        it only has to be close, see features/solvers.py)."""
+        from features.solvers import Preconditioner
+
+        key = repr(prefix)
+        if key not in self._preconditioners:
+            self._preconditioners[key] = Preconditioner.of(self.data(prefix)[0].X_fit)
+        return self._preconditioners[key]
+
+    def data(self, prefix) -> list[FoldData]:
+        """Every fold's rows through a clone of `prefix` (a Pipeline of the steps before the
+        classifier) fitted on that fold's training rows."""
+        key = repr(prefix)
+        if key not in self._data:
+            self._data[key] = run_parallel(
+                [lambda split=split: self._fold(prefix, *split) for split in self.splits],
+                self.n_jobs)
+        return self._data[key]
+
+    def _fold(self, prefix, fit, held) -> FoldData:
+        from sklearn.base import clone
+
+        X_fit, X_held, X_val = self.X[fit], self.X[held], self.X_val
+        if len(prefix.steps):
+            pre = clone(prefix)
+            X_fit = pre.fit_transform(X_fit)
+            X_held = pre.transform(X_held)
+            X_val = None if X_val is None or not len(X_val) else pre.transform(X_val)
+        as32 = (lambda a: None if a is None else np.ascontiguousarray(a, np.float32))
+        return FoldData(as32(X_fit), self.y[fit], as32(X_held), self.y[held], held,
+                        None if self.groups is None else np.asarray(self.groups)[fit], as32(X_val),
+                        None if X_val is None else self.y_val)
+
+
+@dataclass
+class SearchResult:
+    best_params: dict
+    cv_scores: list                 # the best candidate's accuracy on each fold
+    candidates: list                # {params, cv_mean, cv_std} for every candidate
+    held_out: np.ndarray | None     # the best candidate's held-out outputs, in training-row order
+    temperature: float | None = None
+    alongside: object = None
+
+
+def search(pipe, grid: dict, folds: FoldSet, alongside=None) -> SearchResult:
+    """Score every candidate of `grid` (params of the pipeline's last step, `clf__NAME`) on every
+    fold; the best mean accuracy wins (the first candidate on ties, like GridSearchCV).
+    `alongside`: a zero-argument callable run in the same pool (the final fit, when nothing is
+    chosen); its result is `SearchResult.alongside`."""
+    from sklearn.model_selection import ParameterGrid
+
+    candidates = list(ParameterGrid(grid)) if grid else [{}]
+    clf = pipe.steps[-1][1]
+    data = folds.data(pipe[:-1])
+    pre = folds.preconditioner(pipe[:-1]) if hasattr(clf, "solve") else None
+    tasks = [lambda fd=fd: _fold_outputs(clf, candidates, fd, pre) for fd in data]
+    outputs = run_parallel(tasks + ([alongside] if alongside else []), folds.n_jobs)
+    extra = outputs.pop() if alongside else None
+    classes = np.unique(folds.y)
+    scores = np.array([[_accuracy(out, fd.y_held, classes) for out in per_fold]
+                       for per_fold, fd in zip(outputs, data)])        # (folds, candidates)
+    best = int(np.argmax(scores.mean(axis=0)))
+    held_out = _gather(outputs, data, best, len(folds.y))
+    result = SearchResult(
+        best_params=dict(candidates[best]) if grid else {},
+        cv_scores=[float(s) for s in scores[:, best]],
+        candidates=[{"params": dict(p), "cv_mean": float(m), "cv_std": float(s)} for p, m, s in
+                    zip(candidates, scores.mean(axis=0), scores.std(axis=0))] if grid else [],
+        held_out=held_out, alongside=extra)
+    if "temperature" in clf.get_params():   # fitted on held-out decisions only
+        rows = np.concatenate([fd.held for fd in data])
+        result.temperature = fit_temperature(held_out[rows], np.searchsorted(classes, folds.y[rows]))
+    return result
+
+
+def _fold_outputs(clf, candidates, fd: FoldData, preconditioner) -> list:
+    """The held-out decision values (or probabilities) of each candidate fitted on this fold."""
+    from sklearn.base import clone
+
+    models = [clone(clf).set_params(**{k.split("__", 1)[1]: v for k, v in params.items()})
+              for params in candidates]
+    if hasattr(clf, "solve"):   # linear heads: one preconditioner, warm start along the grid
+        previous, outputs = None, []
+        for model in models:
+            model.solve(fd.X_fit, fd.y_fit, preconditioner=preconditioner, init=previous)
+            previous = model.solution_
+            outputs.append(model.decision_function(fd.X_held))
+        return outputs
+    if isinstance(clf, TemperedKernelSVC):
+        K_fit, K_held = fd.kernel(clf)
+        return [m.fit_kernel(K_fit, fd.y_fit).svc_.decision_function(K_held) for m in models]
+    return [_fit_and_score(model, fd) for model in models]
+
+
+def _fit_and_score(model, fd: FoldData):
+    """Any other classifier: fit on the fold (with the val rows for early stopping when it takes
+    them), return its held-out decision values or probabilities."""
+    import inspect
+
+    if "X_val" in inspect.signature(model.fit).parameters:
+        model.fit(fd.X_fit, fd.y_fit, X_val=fd.X_val, y_val=fd.y_val, groups=fd.groups_fit)
+    else:
+        model.fit(fd.X_fit, fd.y_fit)
+    if hasattr(model, "decision_function"):
+        return model.decision_function(fd.X_held)
+    return model.predict_proba(fd.X_held)
+
+
+def _accuracy(output, y_held, classes) -> float:
+    return float(np.mean(classes[np.argmax(as_logits(output), axis=1)] == y_held))
+
+
+def _gather(outputs, data: list[FoldData], best: int, n_rows: int) -> np.ndarray:
+    """The best candidate's held-out outputs of all folds, placed at their training rows (a
+    hold-out design leaves the other rows at zero; only held rows are used)."""
+    first = np.asarray(outputs[0][best])
+    gathered = np.zeros((n_rows,) + first.shape[1:])
+    for per_fold, fd in zip(outputs, data):
+        gathered[fd.held] = per_fold[best]
+    return gathered
+
+
+def n_workers(n_jobs: int, n_tasks: int) -> int:
+    cores = os.cpu_count() or 1
+    wanted = cores if n_jobs in (None, -1) else max(1, cores + 1 + n_jobs if n_jobs < 0 else n_jobs)
+    return max(1, min(wanted, n_tasks))
+
+
+def run_parallel(tasks, n_jobs: int) -> list:
+    """Run zero-argument callables in threads (numpy and libsvm release the GIL), one BLAS
+    thread each: on matrices of this size a multi-threaded BLAS spends more time waiting than
+    computing, so the folds, not one matrix product, share the cores."""
+    from threadpoolctl import threadpool_limits
+
+    workers = n_workers(n_jobs, len(tasks))
+    with threadpool_limits(1):
+        if workers == 1:
+            return [task() for task in tasks]
+        from joblib import Parallel, delayed
+
+        return Parallel(n_jobs=workers, prefer="threads")(delayed(task)() for task in tasks)
+
+
+def blas_threads(n_rows: int, n_jobs: int):
+    """A context for one big fit (the final refit): all allowed cores for BLAS above
+    HOLDOUT_ABOVE rows, where products are large enough to share, one below."""
+    from threadpoolctl import threadpool_limits
+
+    from features.heads import HOLDOUT_ABOVE
+
+    return threadpool_limits(n_workers(n_jobs, 1 << 16) if n_rows > HOLDOUT_ABOVE else 1)
