@@ -71,6 +71,9 @@ def parse_pca(value):
     raise UserError(f"--pca {value!r}: give none, a number of components or a fraction in (0, 1)")
 
 
+_BLOCK = 4096   # images read from the cache at a time
+
+
 class _Data:
     """The cache's rows by split, with lazily loaded in-memory features (never test until asked)."""
 
@@ -118,16 +121,27 @@ class _Data:
 
     def xy(self):
         """(X_train, y_train, X_val, y_val, groups): with views, each training image contributes
-        its plain and K augmented rows, and `groups` names the image of each row."""
+        its plain and K augmented rows, and `groups` names the image of each row. X_train and
+        X_val are consecutive parts of one array, filled a block of images at a time: no copy
+        of the whole matrix is ever made, and a refit on train+val needs none either."""
         if self._xy is None:
-            c = self.cache
-            X, y, groups = c.features(self.layers, self.train), c.labels[self.train], None
-            if self.views:
-                stacked = np.concatenate([X[:, None], self.view_rows(self.train)], axis=1)
-                X = stacked.reshape(-1, stacked.shape[-1])
-                y = np.repeat(y, 1 + self.views)
-                groups = np.repeat(self.train, 1 + self.views)
-            self._xy = (X, y, c.features(self.layers, self.val), c.labels[self.val], groups)
+            per_image = 1 + self.views
+            n_train = len(self.train) * per_image
+            X = np.empty((n_train + len(self.val), self.dim), np.float32)
+            for start in range(0, len(self.train), _BLOCK):
+                rows = self.train[start:start + _BLOCK]
+                block = X[start * per_image:(start + len(rows)) * per_image]
+                block = block.reshape(len(rows), per_image, self.dim)
+                block[:, 0] = self.cache.features(self.layers, rows)
+                if self.views:
+                    block[:, 1:] = self.view_rows(rows)
+            for start in range(0, len(self.val), _BLOCK):
+                rows = self.val[start:start + _BLOCK]
+                X[n_train + start:n_train + start + len(rows)] = self.cache.features(self.layers,
+                                                                                      rows)
+            y = np.repeat(self.cache.labels[self.train], per_image)
+            groups = np.repeat(self.train, per_image) if self.views else None
+            self._xy = (X[:n_train], y, X[n_train:], self.cache.labels[self.val], groups)
         return self._xy
 
     def view_rows(self, rows) -> np.ndarray:

@@ -34,6 +34,7 @@ SVM_C_GRID = (1e-4, 1e-3, 1e-2)
 LOGISTIC_C_GRID = (1e-3, 1e-2, 1e-1)
 KERNEL_C_GRID = (1.0, 10.0)
 HOLDOUT_ABOVE = 20_000   # training rows above which CV is one stratified hold-out fold
+KERNEL_MAX_ROWS = 15_000  # training rows above which a kernel SVM is not fitted (O(n^2) kernel)
 
 
 def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weight=None,
@@ -71,6 +72,17 @@ def _classifier(kind: str, class_weight, seed: int):
         return est.TemperedKernelSVC(kernel=kind.split("-")[1], class_weight=class_weight,
                                      random_state=seed)
     raise UserError(f"unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def too_large(kind: str, n_rows: int, dim: int) -> str | None:
+    """Why `kind` is not fitted on `n_rows` training rows (None: it is). A kernel SVM's kernel
+    matrix grows as n^2 (8 n^2 bytes per fold) and libsvm's time faster still."""
+    if kind in NOT_TRANSPLANTABLE and n_rows > KERNEL_MAX_ROWS:
+        gib = 8 * n_rows**2 / 2**30
+        return (f"{kind} is not fitted on {n_rows:,} training rows (more than {KERNEL_MAX_ROWS:,}):"
+                f" its kernel matrix alone would take {gib:.0f} GiB and hours of libsvm; the "
+                "linear heads (logistic, svm) and the MLP grow linearly with the rows")
+    return None
 
 
 def param_grid(kind: str) -> dict:
@@ -174,11 +186,31 @@ def _refit(final, train, val, refit_on: str, preconditioner=None) -> str:
         # val rows are plain images: each its own group, numbered after the train images
         all_groups = None if groups is None else np.concatenate(
             [groups, np.max(groups) + 1 + np.arange(len(X_val))])
-        final.fit(np.concatenate([X, X_val]), np.concatenate([y, y_val]),
-                  **_fit_params(final, all_groups, preconditioner))
+        _fit_pipeline(final, _stacked(X, X_val), np.concatenate([y, y_val]),
+                      _fit_params(final, all_groups, preconditioner))
         return "train+val"
-    final.fit(X, y, **_fit_params(final, groups, preconditioner))
+    _fit_pipeline(final, X, y, _fit_params(final, groups, preconditioner))
     return "train"
+
+
+def _stacked(X, X_val):
+    """X then X_val as one array: the array they are consecutive parts of when they are (as the
+    fit stage loads them), else a copy."""
+    base = X.base if isinstance(X, np.ndarray) else None
+    if (base is not None and isinstance(X_val, np.ndarray) and X_val.base is base
+            and base.shape[0] == len(X) + len(X_val) and X.ctypes.data == base.ctypes.data
+            and base.flags.c_contiguous):
+        return base
+    return np.concatenate([X, X_val])
+
+
+def _fit_pipeline(pipe, X, y, params: dict) -> None:
+    """Pipeline.fit, with the preprocessing fitted lean on large data (features/search.py)."""
+    from features.search import fit_prefix
+
+    name, clf = pipe.steps[-1]
+    Xt = fit_prefix(pipe[:-1], X)
+    clf.fit(Xt, y, **{key.split("__", 1)[1]: value for key, value in params.items()})
 
 
 def _fit_params(pipe, groups, preconditioner=None) -> dict:

@@ -66,13 +66,17 @@ class FoldSet:
 
     def data(self, prefix) -> list[FoldData]:
         """Every fold's rows through a clone of `prefix` (a Pipeline of the steps before the
-        classifier) fitted on that fold's training rows."""
+        classifier) fitted on that fold's training rows. Kept for the next head unless the
+        training set is large: there a copy would hold memory through the final refit."""
         key = repr(prefix)
-        if key not in self._data:
-            self._data[key] = run_parallel(
-                [lambda split=split: self._fold(prefix, *split) for split in self.splits],
-                self.n_jobs)
-        return self._data[key]
+        if key in self._data:
+            return self._data[key]
+        data = run_parallel(
+            [lambda split=split: self._fold(prefix, *split) for split in self.splits],
+            self.n_jobs)
+        if not is_large(len(self.X)):
+            self._data[key] = data
+        return data
 
     def _fold(self, prefix, fit, held) -> FoldData:
         from sklearn.base import clone
@@ -80,13 +84,63 @@ class FoldSet:
         X_fit, X_held, X_val = self.X[fit], self.X[held], self.X_val
         if len(prefix.steps):
             pre = clone(prefix)
-            X_fit = pre.fit_transform(X_fit)
-            X_held = pre.transform(X_held)
-            X_val = None if X_val is None or not len(X_val) else pre.transform(X_val)
+            X_fit = fit_prefix(pre, X_fit, out=X_fit)   # X[fit] is already a private copy
+            X_held = transform_rows(pre, X_held, out=X_held)
+            X_val = None if X_val is None or not len(X_val) else transform_rows(pre, X_val)
         as32 = (lambda a: None if a is None else np.ascontiguousarray(a, np.float32))
         return FoldData(as32(X_fit), self.y[fit], as32(X_held), self.y[held], held,
                         None if self.groups is None else np.asarray(self.groups)[fit], as32(X_val),
                         None if X_val is None else self.y_val)
+
+
+def is_large(n_rows: int) -> bool:
+    from features.heads import HOLDOUT_ABOVE
+
+    return n_rows > HOLDOUT_ABOVE
+
+
+def fit_prefix(prefix, X, out=None) -> np.ndarray:
+    """Fit the preprocessing steps (a Pipeline without its classifier) on X; return X through
+    them as float32. On a large X, steps that allow it (scalers' partial_fit, the stateless
+    Normalizer) are fitted and applied a block of rows at a time, into `out` when given (it may
+    be X itself): scikit-learn's fit_transform makes temporaries the size of X, in float64."""
+    from sklearn.preprocessing import Normalizer
+
+    steps = [step for _, step in prefix.steps]
+    lean = all(hasattr(s, "partial_fit") or isinstance(s, Normalizer) for s in steps)
+    if not steps or not (lean and is_large(len(X))):
+        return np.asarray(prefix.fit_transform(X) if steps else X, np.float32)
+    for i, step in enumerate(steps):
+        if not hasattr(step, "partial_fit"):
+            step.fit(X[:1])
+            continue
+        for rows in _row_blocks(len(X)):
+            block = X[rows]
+            for earlier in steps[:i]:
+                block = earlier.transform(block)
+            step.partial_fit(block)
+    return transform_rows(prefix, X, out)
+
+
+def transform_rows(prefix, X, out=None) -> np.ndarray:
+    """X through fitted preprocessing steps as float32, a block of rows at a time (into `out`
+    when given and of the output's width)."""
+    if not len(prefix.steps):
+        return X
+    width = _width(prefix, X)
+    if out is None or out.shape[1] != width:
+        out = np.empty((len(X), width), np.float32)
+    for rows in _row_blocks(len(X)):
+        out[rows] = prefix.transform(X[rows])
+    return out
+
+
+def _width(prefix, X) -> int:
+    return prefix.transform(X[:1]).shape[1]
+
+
+def _row_blocks(n: int, size: int = 8192):
+    return [slice(start, start + size) for start in range(0, n, size)]
 
 
 @dataclass

@@ -44,6 +44,13 @@ class Preconditioner:
         return Preconditioner(np.ascontiguousarray(vt.T, dtype=np.float64), s**2 / len(rows))
 
 
+BLOCK_ROWS = 16_384
+
+
+def _blocks(n: int):
+    return [slice(start, start + BLOCK_ROWS) for start in range(0, n, BLOCK_ROWS)]
+
+
 @dataclass
 class LinearFit:
     """The solution: coef (k', d) and intercept (k',), k' = 1 for two classes (logits [0, z])."""
@@ -92,7 +99,7 @@ def fit_linear(X, y_index, n_classes: int, *, C: float, loss: str, sample_weight
     total = weight.sum()
     weight = weight / total
     ridge = 1.0 / (C * total)
-    target = _targets(np.asarray(y_index), n_classes, loss)
+    y_index = np.asarray(y_index)
     k = 1 if n_classes == 2 else n_classes
     pre = preconditioner or Preconditioner.of(X)
     gap, rest = pre.scales(1.0 if loss == "hinge" else 0.5, ridge)
@@ -104,11 +111,16 @@ def fit_linear(X, y_index, n_classes: int, *, C: float, loss: str, sample_weight
     def objective(params):
         v, b = params[:d * k].reshape(d, k), params[d * k:]
         w = precondition(v)
-        z = (X @ w.astype(X.dtype)).astype(np.float64) + b
-        value, grad_z = _loss_and_grad_z(z, target, weight, loss)
-        grad_w = (X.T @ grad_z.astype(X.dtype)).astype(np.float64) + ridge * w
-        value += 0.5 * ridge * float((w * w).sum())
-        return value, np.concatenate([precondition(grad_w).ravel(), grad_z.sum(axis=0)])
+        w32, value = w.astype(X.dtype), 0.5 * ridge * float((w * w).sum())
+        grad_w, grad_b = ridge * w, np.zeros(k)
+        for rows in _blocks(n):   # bounded memory: (block, k) temporaries, whatever n and k
+            z = (X[rows] @ w32).astype(np.float64) + b
+            part, grad_z = _loss_and_grad_z(z, _targets(y_index[rows], n_classes, loss),
+                                            weight[rows], loss)
+            value += part
+            grad_w += (X[rows].T @ grad_z.astype(X.dtype)).astype(np.float64)
+            grad_b += grad_z.sum(axis=0)
+        return value, np.concatenate([precondition(grad_w).ravel(), grad_b])
 
     start = np.zeros(d * k + k)
     if init is not None:   # warm start: express the previous solution in the new basis
