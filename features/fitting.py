@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from features import leaderboard
 from features.atomic import check_writable
 from features.errors import UserError
 from features.headfile import make_bundle, save_head
@@ -221,6 +222,9 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
                "best_params": info["best_params"]}
     save_head(out, make_bundle(kind, pipeline, cache.provenance(), data.layer, data.layers,
                                scores, options))
+    leaderboard.record_head(out, kind, cv_mean=info["cv_mean"], cv_std=info["cv_std"],
+                            test_accuracy=None if metrics is None else metrics["accuracy"],
+                            fit_seconds=info["fit_seconds"], provenance=cache.provenance())
     summary = {
         "head": kind, "path": out, "route": info["route"],
         "test_accuracy": None if metrics is None else metrics["accuracy"],
@@ -284,19 +288,25 @@ def fit_one(kind: str, opts: FitOptions, say=print) -> dict:
     if kind not in KINDS:
         raise UserError(f"unknown head {kind!r}; choose one of {', '.join(KINDS)}")
     _check_outputs(opts, f"{kind}.joblib")
+    leaderboard.check_outputs(opts.out or f"{kind}.joblib")
     with _open(opts) as cache:
         data = _Data(cache, opts, say)
         _say_route(data, say)
         kind, pipeline, info = _fit_kind(kind, data, opts, say)
-        out = opts.out or f"{kind}.joblib"
+        out = leaderboard.head_file(opts.out or f"{kind}.joblib", kind, say)
         summary = _finish(kind, pipeline, info, data, opts, out, say)
+    board = leaderboard.load_board(out)
+    summary.update(board.to_json())
     say_summary(summary, say)
+    leaderboard.say_board(board, say)
     return summary
 
 
 def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
-    """Fit every kind, rank by CV score on the train split, test and save only the winner."""
+    """Fit every kind, rank by CV score on the train split, test and save only the winner (as
+    <kind>.joblib by default); the leaderboard decides whether it becomes best.joblib."""
     _check_outputs(opts, "best.joblib")
+    leaderboard.check_outputs(opts.out or "best.joblib")
     with _open(opts) as cache:
         data = _Data(cache, opts, say)
         _say_route(data, say)
@@ -315,7 +325,7 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
                   "cv_std": fitted[i][2]["cv_std"], "best_params": fitted[i][2]["best_params"],
                   "fit_seconds": fitted[i][2]["fit_seconds"]} for r, i in enumerate(order)]
         kind, pipeline, info = fitted[order[0]]
-        out = opts.out or "best.joblib"
+        out = leaderboard.head_file(opts.out or f"{kind}.joblib", kind, say)
         summary = _finish(kind, pipeline, info, data, opts, out, say, table=table)
         if kind in NOT_TRANSPLANTABLE:
             summary["transplantable"] = _save_transplantable(fitted, order, data, out, say)
@@ -324,14 +334,17 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
     for row in table:
         say(f"  {row['rank']:>4}  {row['head']:<10} {row['cv_score']:>8.4f} {row['cv_std']:>7.4f}"
             f"  {row['fit_seconds']:>7.1f}  {row['best_params'] or '-'}")
+    board = leaderboard.load_board(out)
+    summary.update(board.to_json())
     say_summary(summary, say)
+    leaderboard.say_board(board, say, table=True)
     return summary
 
 
 def _save_transplantable(fitted, order, data: _Data, out: str, say):
     """When a kernel SVM wins, also keep the best head `finetune` can put on the network, saved
-    beside the winner as <out>-transplantable.joblib. It is not scored on test: the test split
-    is looked at once, for the winner; finetune reports its transplanted test score itself."""
+    beside the winner as <out>-transplantable.joblib, and on the leaderboard. It is not scored on
+    test: the test split is looked at once, for the winner; finetune reports its own test score."""
     for i in order:
         kind, pipeline, info = fitted[i]
         if kind in NOT_TRANSPLANTABLE:
@@ -341,6 +354,9 @@ def _save_transplantable(fitted, order, data: _Data, out: str, say):
                   "refit_on": info.get("refit_on"), "fit_seconds": info["fit_seconds"]}
         save_head(path, make_bundle(kind, pipeline, data.cache.provenance(), data.layer,
                                     data.layers, scores))
+        leaderboard.record_head(path, kind, cv_mean=info["cv_mean"], cv_std=info["cv_std"],
+                                test_accuracy=None, fit_seconds=info["fit_seconds"],
+                                provenance=data.cache.provenance())
         say(f"{kind} (cv {info['cv_mean']:.4f}) is the best head finetune can transplant: "
             f"saved to {path} (`python cli.py finetune --from-head {path}`)")
         return {"head": kind, "path": path, "cv_score": info["cv_mean"]}

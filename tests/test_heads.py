@@ -246,12 +246,12 @@ def test_kernel_winner_also_saves_best_transplantable_head(tmp_path):
     X = np.c_[radius * np.cos(angle), radius * np.sin(angle)].astype(np.float32)
     y = np.repeat([0, 1], n)
     path = write_synthetic_cache(tmp_path / "rings.h5", {"a": X}, y, ["inner", "outer"])
-    out = str(tmp_path / "best.joblib")
+    out = str(tmp_path / "winner.joblib")
     summary = fit_best(quick(features=path, out=out), ("svm-rbf", "logistic"),
                        say=lambda *a: None)
     assert summary["head"] == "svm-rbf"
     extra = summary["transplantable"]
-    assert extra["head"] == "logistic" and extra["path"].endswith("best-transplantable.joblib")
+    assert extra["head"] == "logistic" and extra["path"].endswith("winner-transplantable.joblib")
     bundle = load_head(extra["path"])
     assert bundle["kind"] == "logistic" and bundle["scores"]["test"] is None
     head_layer_spec(bundle["pipeline"])   # expressible as network layers
@@ -277,7 +277,8 @@ def test_a_stale_temporary_of_a_killed_dump_is_cleaned_by_the_next_save(separabl
     stale.write_bytes(b"half a pickle")
     fit_one("logistic", quick(features=separable, out=str(tmp_path / "best.joblib")),
             lambda *a: None)
-    assert sorted(os.listdir(tmp_path)) == ["best.joblib"]
+    # best.joblib is the leaderboard's: the head itself is saved as logistic.joblib beside it
+    assert sorted(os.listdir(tmp_path)) == ["best.joblib", "leaderboard.json", "logistic.joblib"]
 
 
 def test_a_head_from_another_cache_of_the_same_photos_is_refused(tmp_path):

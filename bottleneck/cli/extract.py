@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from bottleneck.backbones.registry import POOLS, PRECISIONS
 from bottleneck.cli.common import add_backbone_args, options_from_args
+from features.errors import UserError
+
+DEFAULT_DATA = "data"
 
 
 def add_parser(sub):
@@ -13,9 +18,9 @@ def add_parser(sub):
                     "a class-per-folder image tree and cache pooled (or full) feature maps of one "
                     "or more layers in an HDF5 file, with labels, paths and a stratified split. "
                     "Interrupted runs resume when re-run with the same flags.")
-    p.add_argument("--data", required=True, metavar="DIR",
+    p.add_argument("--data", default=None, metavar="DIR",
                    help="class-per-folder tree (DIR/<class>/*.jpg), or one already split into "
-                        "DIR/train, DIR/val, DIR/test")
+                        "DIR/train, DIR/val, DIR/test (default ./data when it exists)")
     add_backbone_args(p)
     p.add_argument("--layer", action="append", dest="layers", default=[], metavar="NAME",
                    help="layer to tap, by name or index; repeat for several taps in one forward "
@@ -52,8 +57,20 @@ def add_split_args(p, *, test_help: str, val_help: str, seed_help: str):
 def run(args, say):
     from bottleneck.extract import ExtractOptions, run_extract, say_summary
 
-    result = run_extract(options_from_args(ExtractOptions, args, layers=tuple(args.layers),
-                                           progress=not args.json), say=say)
+    result = run_extract(options_from_args(ExtractOptions, args, data=data_folder(args.data, say),
+                                           layers=tuple(args.layers), progress=not args.json),
+                         say=say)
     if not result.get("already_complete"):
         say_summary(result, say)
     return result
+
+
+def data_folder(data: str | None, say) -> str:
+    """--data, else ./data when this folder has one."""
+    if data is not None:
+        return data
+    if not os.path.isdir(DEFAULT_DATA):
+        raise UserError(f"no --data given and no ./{DEFAULT_DATA} folder here; pass --data DIR "
+                        "(a class-per-folder image tree, DIR/<class>/*.jpg)")
+    say(f"data: ./{DEFAULT_DATA} (no --data given)")
+    return DEFAULT_DATA

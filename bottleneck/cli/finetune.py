@@ -27,7 +27,9 @@ def add_parser(sub):
 def _source_arguments(src):
     """Where the head, the cache, the images and the weights come from."""
     src.add_argument("--from-head", metavar="HEAD.joblib",
-                     help="a head saved by fit/fit-* (linear SVM, logistic, SGD or MLP)")
+                     help="a head saved by fit/fit-* (linear SVM, logistic, SGD or MLP); "
+                          "best.joblib holding a kernel SVM takes the best transplantable head "
+                          "of its leaderboard")
     src.add_argument("--head-init", choices=HEAD_INITS, default="head",
                      help="head: transplant --from-head (default); random: the classic route, a "
                           "random Dense head trained with the body frozen for --warmup-epochs, "

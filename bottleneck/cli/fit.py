@@ -18,7 +18,9 @@ def _common(p, out_default: str):
                    help="cached layer to use; 'all' (or NAME,NAME) concatenates layers (default: "
                         "the only layer, or all of them when the cache holds several)")
     p.add_argument("--out", default=None, metavar="HEAD.joblib",
-                   help=f"where to save the head (default {out_default})")
+                   help=f"where to save the head (default {out_default}); leaderboard.json and "
+                        "best.joblib, the best head fitted there on this cache by CV score, are "
+                        "kept beside it")
     p.add_argument("--report", default=None, metavar="DIR",
                    help="write metrics.json, classification_report.txt and confusion_matrix.png")
     p.add_argument("--seed", type=int, default=0, help="seed of CV folds and training (default 0)")
@@ -132,12 +134,13 @@ def add_parser(sub):
     p = sub.add_parser("fit", help="fit every head, keep the best by cross-validated score",
                        description="Fit each head kind (--heads), rank them by stratified k-fold "
                                    "CV accuracy on the train split, save the best and score only "
-                                   "it on the test split. Prints the ranked table.")
+                                   "it on the test split. Prints the ranked table and the "
+                                   "leaderboard of the cache.")
     p.add_argument("--heads", default=",".join(DEFAULT_FIT_KINDS),
                    help=f"comma-separated kinds among {', '.join(KINDS)} "
                         f"(default {','.join(DEFAULT_FIT_KINDS)})")
     _mlp_args(p)
-    return _common(p, "best.joblib")
+    return _common(p, "the winner's <kind>.joblib")
 
 
 def run(args, say):

@@ -34,8 +34,8 @@ from bottleneck.finetune.training import (
 )
 from bottleneck.finetune.transplant import (
     apply_spec,
-    build_network,
     attach_meta,
+    build_network,
     inference_model,
     read_meta,
     save_network,
@@ -188,7 +188,7 @@ def _summary(opts: FinetuneOptions, source: Source, state: TrainState, stopped, 
              unfrozen: str) -> dict:
     check = state.transplant
     result = {
-        "model": opts.paths.best, "route": opts.head_init,
+        "model": opts.paths.best, "route": opts.head_init, "from_head": source.info["from_head"],
         "head_kind": source.info["head_kind"], "backbone": source.provenance.backbone,
         "image_size": source.provenance.image_size,
         "transplant_agreement": None if check is None else check["agreement"],

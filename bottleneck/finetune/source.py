@@ -1,5 +1,7 @@
 """What fine-tuning starts from: the head (or none), the cache and its split, checked together.
 
+`--from-head best.joblib` holding a kernel SVM (not transplantable) takes the best transplantable
+head of its cache on the leaderboard beside it (features/leaderboard.py), and says so.
 A head file's provenance must match the cache (one check: `features.headfile.check_head_matches`);
 a head refit on train+val is refit on train only, so the val split that chooses the checkpoint
 stays unseen.
@@ -33,6 +35,7 @@ class Head:
     bundle: dict | None = None        # the head file's contents, for the match check and a refit
     scores: dict = field(default_factory=dict)
     refit: str | None = None          # "train" once refit on the train split only
+    path: str | None = None           # the head file it was loaded from
 
 
 @dataclass
@@ -53,12 +56,13 @@ class Source:
         return list(self.cache.class_names)
 
 
-def load_head_spec(path: str) -> Head:
-    """A saved head file as a Head (refused when it cannot become network layers exactly)."""
+def load_head_spec(path: str, bundle: dict | None = None) -> Head:
+    """A saved head file (or its loaded `bundle`) as a Head (refused when it cannot become
+    network layers exactly)."""
     from features.headfile import load_head
     from features.spec import head_layer_spec
 
-    bundle = load_head(path)
+    bundle = bundle if bundle is not None else load_head(path)
     try:
         spec = head_layer_spec(bundle["pipeline"])
     except UserError as exc:
@@ -69,7 +73,32 @@ def load_head_spec(path: str) -> Head:
                         "(logistic, linear SVM, SGD) or an MLP and pass that") from exc
     return Head(spec=spec, provenance=bundle["provenance"], kind=bundle.get("kind"),
                 predict_proba=bundle["pipeline"].predict_proba, bundle=bundle,
-                scores=bundle.get("scores") or {})
+                scores=bundle.get("scores") or {}, path=path)
+
+
+def load_from_head(path: str, say) -> Head:
+    """--from-head: the head file; for a leaderboard's best.joblib holding a kernel SVM, the
+    best transplantable head of its cache on that leaderboard (said in one line)."""
+    from features import leaderboard
+    from features.headfile import load_head
+    from features.heads import NOT_TRANSPLANTABLE
+
+    bundle = load_head(path)
+    kind = bundle.get("kind")
+    if kind not in NOT_TRANSPLANTABLE or not leaderboard.is_best_file(path):
+        return load_head_spec(path, bundle)
+    prov = bundle["provenance"]
+    found = leaderboard.best_transplantable(path, prov.cache_path or "", prov.data_id)
+    if found is None:
+        raise UserError(f"{path} is a {kind} head (a kernel SVM cannot become network layers) "
+                        f"and {leaderboard.board_path(path)} lists no transplantable head of its "
+                        "cache: fit one (e.g. `python cli.py fit-logistic`), or use "
+                        "--head-init random")
+    row, other = found
+    say(f"{path} is a {kind} head (a kernel SVM cannot become network layers): fine-tuning the "
+        f"best transplantable head on the leaderboard instead, {other} ({row.kind}, cv "
+        f"{row.cv_mean:.4f})")
+    return load_head_spec(other)
 
 
 def open_cache(opts: FinetuneOptions, head: Head | None) -> Cache:
@@ -126,7 +155,7 @@ def open_source(opts: FinetuneOptions, say, head: Head | None = None) -> Source:
         if not opts.from_head:
             raise UserError("pass --from-head HEAD.joblib (a fitted head), or "
                             "--head-init random --features FILE.h5")
-        head = load_head_spec(opts.from_head)
+        head = load_from_head(opts.from_head, say)
     if opts.head_init == "random":
         if not opts.features:
             raise UserError("--head-init random needs --features FILE.h5 for the split and network")
@@ -149,7 +178,8 @@ def _derive(opts, cache: Cache, head, random_spec, say) -> Source:
     if not len(rows["train"]):
         raise UserError("the cache has no train images; re-extract with a split")
     info = {"route": opts.head_init, "head_kind": head.kind if head is not None else "random",
-            "from_head": opts.from_head, "provenance": prov.to_json()}
+            "from_head": head.path if head is not None and head.path else opts.from_head,
+            "provenance": prov.to_json()}
     head = _train_only_head(head, cache, layers, rows, info, say)
     spec = head.spec if head is not None else random_spec(
         cache.feature_dim(layers), len(cache.class_names), opts.seed)
