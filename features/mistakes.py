@@ -96,8 +96,8 @@ def thumbnail_uri(path: str, size: int = THUMB_PX) -> tuple[str | None, str]:
 
 STYLE = (".mistakes{display:flex;flex-wrap:wrap;gap:8px}"
          ".mistake{width:132px;margin:0;font-size:12px;border:1px solid #ddd;padding:4px}"
-         ".mistake img{display:block;margin:auto;max-width:120px;max-height:120px}"
-         ".mistake .missing{height:60px;background:#f4f4f4;color:#777;padding:4px;"
+         ".mistake img{display:block;margin:auto;width:96px;height:96px;object-fit:contain}"
+         ".mistake .missing{height:88px;background:#f4f4f4;color:#777;padding:4px;"
          "overflow-wrap:anywhere}"
          ".mistake figcaption{overflow-wrap:anywhere}"
          ".confused{border-collapse:collapse}.confused td,.confused th{border:1px solid #ccc;"

@@ -43,6 +43,7 @@ def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
                           "table{border-collapse:collapse}td,th{border:1px solid #ccc;"
                           f"padding:4px 8px}}{MISTAKES_STYLE}</style>"
                           + "\n".join(_html(md, dict(images)))
+                          + ("\n<h2>Mistakes</h2>" if galleries else "")
                           + "".join(f"\n{render_fragment(m, heading='h3', title=name)}"
                                     for name, _, m in galleries))
     return {"markdown": md_path, "html": html_path}
