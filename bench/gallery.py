@@ -1,6 +1,7 @@
 """The mistakes gallery of a report in a real browser (headless Chromium, Debian's `chromium`).
 
     python bench/gallery.py [--n 10000] [--out bench_gallery] [--missing 3]
+    python bench/gallery.py --data ../shared/data/flowers5      # real photos, every image a row
 
 Draws a test split of N images (bottleneck/data/synthetic.py, four classes, one named `<b>&x` to
 exercise escaping), makes up probabilities with about a quarter wrong, deletes a few of the
@@ -102,6 +103,22 @@ def make_case(out: str, n: int, missing: int, seed: int = 0) -> tuple[dict, str]
     return gallery, data
 
 
+def folder_case(root: str, seed: int = 0) -> tuple[dict, str]:
+    """(gallery_data of every image of a class-per-folder tree as the test split, with made-up
+    probabilities, about a third wrong; the folder). Nothing is deleted."""
+    from features.mistakes import gallery_data
+
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    paths = sorted(os.path.join(name, f) for name in names
+                   for f in os.listdir(os.path.join(root, name)))
+    y = np.array([names.index(p.split(os.sep)[0]) for p in paths])
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(len(y), len(names))) * 2
+    logits[np.arange(len(y)), y] += 2.5
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return gallery_data(y, proba, names, paths=paths, data_dir=root), root
+
+
 def main(argv=None) -> dict:
     from features.mistakes import render_page
 
@@ -109,10 +126,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--n", type=int, default=10000)
     ap.add_argument("--missing", type=int, default=3)
     ap.add_argument("--out", default="bench_gallery")
+    ap.add_argument("--data", help="a class-per-folder tree of real images to use instead")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     started = time.time()
-    gallery, _ = make_case(args.out, args.n, args.missing)
+    if args.data:
+        gallery, _ = folder_case(args.data)
+        args.missing = 0
+    else:
+        gallery, _ = make_case(args.out, args.n, args.missing)
     drawn = time.time() - started
     started = time.time()
     page = os.path.join(args.out, "mistakes.html")
@@ -121,7 +143,7 @@ def main(argv=None) -> dict:
     written = time.time() - started
     started = time.time()
     seen = check_page(page, screenshot=os.path.join(args.out, "mistakes.png"))
-    result = {"n_test": args.n, "n_wrong": gallery["gallery"]["n_wrong"],
+    result = {"n_test": gallery["gallery"]["n_test"], "n_wrong": gallery["gallery"]["n_wrong"],
               "shown": len(gallery["top_mistakes"]), "missing": args.missing,
               "page_kb": round(os.path.getsize(page) / 1024, 1),
               "draw_seconds": round(drawn, 1), "write_seconds": round(written, 2),
