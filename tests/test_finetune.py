@@ -261,7 +261,8 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     for name in ("log.csv", "training_curves.png", "metrics.json", "classification_report.txt",
                  "confusion_matrix.png", "mistakes.html"):
         assert os.path.isfile(os.path.join(report, name)), name
-    metrics = json.load(open(os.path.join(report, "metrics.json")))
+    with open(os.path.join(report, "metrics.json")) as handle:
+        metrics = json.load(handle)
     assert metrics["gallery"]["n_wrong"] == round((1 - metrics["accuracy"]) * metrics["n"])
     assert len(metrics["top_mistakes"]) == min(metrics["gallery"]["n_wrong"], 36)
     with open(os.path.join(report, "mistakes.html")) as handle:
