@@ -24,6 +24,7 @@ from features.heads import (
     cv_splitter,
     fit_head,
 )
+from features.mistakes import gallery_data
 from features.outofcore import (
     block_rows_for,
     default_memory_budget_mb,
@@ -187,6 +188,7 @@ def _score_test(pipeline, data: _Data, opts: FitOptions):
         return None, "", None, None
     if data.route == "out-of-core":
         parts, ys = [], []
+        # blocks in row order (no rng), so proba and y follow data.test as in memory
         for idx, X in cache.iter_chunks(data.layers, data.test, block_rows_for(data.dim)):
             parts.append(pipeline.predict_proba(X))
             ys.append(cache.labels[idx])
@@ -211,7 +213,7 @@ def _cv_block(info):
 
 
 def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, table=None):
-    metrics, text, _, _ = _score_test(pipeline, data, opts)
+    metrics, text, proba, y = _score_test(pipeline, data, opts)
     cache = data.cache
     scores = {"cv": _cv_block(info), "test": metrics, "route": info["route"],
               "refit_on": info.get("refit_on"), "fit_seconds": info["fit_seconds"]}
@@ -249,7 +251,10 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
                 class_names=cache.class_names,
                 head={"kind": kind, "path": out, "layer": data.layer,
                       "feature_layers": data.layers, "route": info["route"]},
-                title=f"{kind} head, test split")
+                title=f"{kind} head, test split",
+                gallery=gallery_data(y, proba, cache.class_names,
+                                     paths=[cache.paths[i] for i in data.test],
+                                     data_dir=cache.provenance().data_dir))
     if metrics is not None:
         summary["test"] = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
     return summary

@@ -44,8 +44,10 @@ def extract(data, out, on_batch=None, **kw):
                        on_batch=on_batch)
 
 
-def write_synthetic_cache(path, features: dict, labels, class_names, split=None, seed=0):
-    """A cache of the given feature arrays, written through the store (no images, no network)."""
+def write_synthetic_cache(path, features: dict, labels, class_names, split=None, seed=0,
+                          data_dir="/nowhere", paths=None):
+    """A cache of the given feature arrays, written through the store (no images, no network;
+    `paths`, relative to `data_dir`, default img0.png, img1.png, ...)."""
     from features.provenance import Provenance
     from features.split import assign_split
     from features.store import write_cache
@@ -54,13 +56,13 @@ def write_synthetic_cache(path, features: dict, labels, class_names, split=None,
     if split is None:
         split = assign_split(labels, test_size=0.25, val_size=0.15, seed=seed)
     layers = tuple(features)
-    prov = Provenance(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
+    prov = Provenance(data_dir=data_dir, backbone="mobilenet", alpha=0.25, weights="none",
                       image_size=32, pool="avg", layers=layers,
                       layer_indices=tuple(range(len(layers))), preprocess="mobilenet",
                       precision="float32", seed=seed, test_size=0.25, val_size=0.15,
                       class_names=tuple(class_names))
     n = len(labels)
-    write_cache(str(path), prov, paths=[f"img{i}.png" for i in range(n)],
+    write_cache(str(path), prov, paths=paths or [f"img{i}.png" for i in range(n)],
                 labels=labels, split=split,
                 shards=[(0, {f"features/{k}": np.asarray(v, np.float32)
                              for k, v in features.items()})],

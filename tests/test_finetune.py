@@ -259,8 +259,14 @@ def test_finetune_trains_keeps_frozen_and_bn_and_resumes(data, tmp_path):
     assert state["epoch"] == 4
     report = result["report"]
     for name in ("log.csv", "training_curves.png", "metrics.json", "classification_report.txt",
-                 "confusion_matrix.png"):
+                 "confusion_matrix.png", "mistakes.html"):
         assert os.path.isfile(os.path.join(report, name)), name
+    with open(os.path.join(report, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    assert metrics["gallery"]["n_wrong"] == round((1 - metrics["accuracy"]) * metrics["n"])
+    assert len(metrics["top_mistakes"]) == min(metrics["gallery"]["n_wrong"], 36)
+    with open(os.path.join(report, "mistakes.html")) as handle:
+        assert handle.read().count("data:image/jpeg;base64,") == len(metrics["top_mistakes"])
     assert len(open(os.path.join(report, "log.csv")).read().strip().splitlines()) == 1 + 4
 
 

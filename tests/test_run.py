@@ -2,7 +2,9 @@
 
 import json
 import os
+import re
 
+from bench.gallery import check_page, chromium
 from bottleneck.cli import main
 from bottleneck.data.synthetic import make_image_folder
 
@@ -29,3 +31,17 @@ def test_run_puts_every_stage_in_one_report(tmp_path, capsys):
     assert f"{fit_acc:.4f}" in md
     assert abs(result["fit"]["test_accuracy"] - fit_acc) < 1e-12
     assert os.path.isfile(os.path.join(out, "finetuned.keras"))
+    # every stage report has its mistakes gallery; report.html embeds them all
+    galleries = []
+    for stage in ("fit_report", "finetune_report"):
+        assert os.path.isfile(os.path.join(out, stage, "mistakes.html"))
+        with open(os.path.join(out, stage, "metrics.json")) as handle:
+            galleries.append(json.load(handle))
+    assert html.count('<section class="gallery">') == 2
+    thumbs = re.findall(r'<img src="data:image/jpeg;base64,', html)
+    assert len(thumbs) == sum(len(m["top_mistakes"]) for m in galleries)
+    assert "## Mistakes" in md and "fit_report/mistakes.html" in md
+    if chromium():   # the page in a real browser: every image decodes
+        seen = check_page(result["report"]["html"])
+        assert len(seen["widths"]) == seen["n_img"] >= 3 + len(thumbs)
+        assert all(w > 0 for w in seen["widths"]), seen

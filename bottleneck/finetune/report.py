@@ -1,20 +1,27 @@
-"""Reports of a fine-tuned network: stage 2's test report (features/report.py) and training curves."""
+"""Reports of a fine-tuned network: stage 2's test report (features/report.py, mistakes gallery
+included) and training curves."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def write_report(directory: str, y_true, probs, class_names, extra: dict | None = None) -> dict:
+def write_report(directory: str, y_true, probs, class_names, extra: dict | None = None, *,
+                 paths=None, data_dir: str = "") -> dict:
     """Stage 2's report files (features/report.py: metrics.json, classification_report.txt,
-    confusion_matrix.png) for the network; returns {'test_accuracy', 'test_metrics'}."""
+    confusion_matrix.png, and with the test images' `paths` relative to `data_dir` the mistakes
+    gallery, mistakes.html) for the network; returns {'test_accuracy', 'test_metrics'}."""
+    from features.mistakes import gallery_data
     from features.report import classification_text, test_metrics
     from features.report import write_report as write_stage2
 
     metrics = test_metrics(y_true, probs, class_names)
+    gallery = None if paths is None else gallery_data(y_true, probs, class_names, paths=paths,
+                                                      data_dir=data_dir)
     write_stage2(directory, metrics=metrics, cv={}, text=classification_text(y_true, probs,
                                                                             class_names),
-                 class_names=class_names, head=extra or {}, title="fine-tuned network")
+                 class_names=class_names, head=extra or {}, title="fine-tuned network",
+                 gallery=gallery)
     return {"test_accuracy": metrics["accuracy"], "test_metrics": metrics}
 
 

@@ -220,7 +220,8 @@ def _score_test(opts: FinetuneOptions, source: Source, data: Data, result: dict,
         raise UserError(f"{len(y) - len(probs)} test image(s) could not be read; check --data")
     scores = write_report(opts.paths.report, y, probs, source.class_names, extra={
         k: result[k] for k in ("route", "head_kind", "transplant_agreement", "best_epoch",
-                               "selected", "averaged", "initial", "model")})
+                               "selected", "averaged", "initial", "model")},
+        paths=[source.cache.paths[i] for i in source.rows["test"]], data_dir=source.data_dir)
     averaged = result["averaged"]
     chosen = (f"weights averaged over epochs {averaged['epochs'][0]}-{averaged['epochs'][-1]}"
               if averaged else f"best epoch {result['best_epoch']}")

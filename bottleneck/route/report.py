@@ -1,5 +1,5 @@
 """The single report of `run`: the stages side by side, as Markdown and as one self-contained HTML
-file (plots embedded as base64 PNG)."""
+file (plots embedded as base64 PNG, each stage's mistakes gallery as base64 JPEG thumbnails)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import json
 import os
 
 from features.atomic import write_text
+from features.mistakes import STYLE as MISTAKES_STYLE
+from features.mistakes import render_fragment
 
 
 def _metrics(directory: str | None) -> dict | None:
@@ -31,14 +33,43 @@ def write_run_report(out_dir: str, *, advice: dict, stages: list[dict]) -> dict:
     "plots": [(title, png path)]}]. Writes report.md and report.html; returns their paths."""
     rows, per_class, images = _collect(stages)
     md = _markdown(out_dir, advice, rows, per_class, images)
+    galleries = [(stage["name"], stage["report_dir"], m) for stage, (_, _, m, _) in
+                 zip(stages, rows) if m and "top_mistakes" in m]
     md_path = os.path.join(out_dir, "report.md")
-    write_text(md_path, "\n".join(md) + "\n")
+    write_text(md_path, "\n".join(md + _mistakes_markdown(out_dir, galleries)) + "\n")
     html_path = os.path.join(out_dir, "report.html")
     write_text(html_path, "<!doctype html><meta charset='utf-8'><title>bottleneck run</title>"
                           "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
                           "table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-                          "padding:4px 8px}</style>" + "\n".join(_html(md, dict(images))))
+                          f"padding:4px 8px}}{MISTAKES_STYLE}</style>"
+                          + "\n".join(_html(md, dict(images)))
+                          + ("\n<h2>Mistakes</h2>" if galleries else "")
+                          + "".join(f"\n{render_fragment(m, heading='h3', title=name)}"
+                                    for name, _, m in galleries))
     return {"markdown": md_path, "html": html_path}
+
+
+def _mistakes_markdown(out_dir: str, galleries) -> list[str]:
+    """The mistakes section of report.md: each stage's most-confused pairs and a link to its
+    gallery (report.html embeds the galleries themselves)."""
+    if not galleries:
+        return []
+    md = ["## Mistakes", "",
+          ("The test images each stage got most confidently wrong, with thumbnails, are in "
+           "report.html and in each stage's mistakes.html."), ""]
+    for name, report_dir, m in galleries:
+        meta = m.get("gallery", {})
+        page = os.path.join(report_dir, "mistakes.html")
+        md += [f"### {name}", "",
+               f"{meta.get('n_wrong', '?')} of {meta.get('n_test', '?')} test images wrong"
+               + (f"; gallery: [{os.path.relpath(page, out_dir)}]"
+                  f"({os.path.relpath(page, out_dir)})" if os.path.isfile(page) else ""), ""]
+        if m.get("most_confused"):
+            md += ["| true | predicted | count |", "| --- | --- | ---: |"]
+            md += [f"| {p['true']} | {p['predicted']} | {p['count']} |"
+                   for p in m["most_confused"]]
+            md.append("")
+    return md
 
 
 def _collect(stages):
