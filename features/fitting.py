@@ -23,6 +23,7 @@ from features.heads import (
     check_labels,
     cv_splitter,
     fit_head,
+    too_large,
 )
 from features.mistakes import gallery_data
 from features.outofcore import (
@@ -110,6 +111,11 @@ class _Data:
         self.memory = {"estimate_mb": round(need, 1), "budget_mb": round(budget, 1)}
         self._xy = None
         self._folds = None
+
+    @property
+    def n_rows(self) -> int:
+        """Training rows the heads fit on (each image's plain and augmented views)."""
+        return len(self.train) * (1 + self.views)
 
     def folds(self, opts: FitOptions):
         """The CV folds of the training rows, their preprocessing shared by every head kind."""
@@ -296,6 +302,9 @@ def fit_one(kind: str, opts: FitOptions, say=print) -> dict:
     leaderboard.check_outputs(opts.out or f"{kind}.joblib")
     with _open(opts) as cache:
         data = _Data(cache, opts, say)
+        reason = data.route != "out-of-core" and too_large(kind, data.n_rows)
+        if reason:
+            raise UserError(f"{reason}; use fit-svm (linear) or fit-logistic")
         _say_route(data, say)
         kind, pipeline, info = _fit_kind(kind, data, opts, say)
         out = leaderboard.head_file(opts.out or f"{kind}.joblib", kind, say)
@@ -315,16 +324,7 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
     with _open(opts) as cache:
         data = _Data(cache, opts, say)
         _say_route(data, say)
-        if data.route == "out-of-core":
-            say("out-of-core route: only the linear SGD head applies")
-            kinds = ("sgd",)
-        fitted = []
-        for kind in kinds:
-            say(f"fitting {kind} ...")
-            real, pipeline, info = _fit_kind(kind, data, opts, say)
-            say(f"  {real}: cv {info['cv_mean']:.4f} +/- {info['cv_std']:.4f} "
-                f"{info['best_params'] or ''} ({info['fit_seconds']:.1f} s)")
-            fitted.append((real, pipeline, info))
+        fitted = [_fit_and_say(kind, data, opts, say) for kind in _fittable(kinds, data, say)]
         order = sorted(range(len(fitted)), key=lambda i: (-fitted[i][2]["cv_mean"], i))
         table = [{"rank": r + 1, "head": fitted[i][0], "cv_score": fitted[i][2]["cv_mean"],
                   "cv_std": fitted[i][2]["cv_std"], "best_params": fitted[i][2]["best_params"],
@@ -334,16 +334,47 @@ def fit_best(opts: FitOptions, kinds=DEFAULT_FIT_KINDS, say=print) -> dict:
         summary = _finish(kind, pipeline, info, data, opts, out, say, table=table)
         if kind in NOT_TRANSPLANTABLE:
             summary["transplantable"] = _save_transplantable(fitted, order, data, out, say)
-    say("ranked by cross-validated accuracy on the train split:")
-    say(f"  {'rank':>4}  {'head':<10} {'cv mean':>8} {'cv std':>7}  {'seconds':>7}  params")
-    for row in table:
-        say(f"  {row['rank']:>4}  {row['head']:<10} {row['cv_score']:>8.4f} {row['cv_std']:>7.4f}"
-            f"  {row['fit_seconds']:>7.1f}  {row['best_params'] or '-'}")
+    _say_table(table, say)
     board = leaderboard.load_board(out)
     summary.update(board.to_json())
     say_summary(summary, say)
     leaderboard.say_board(board, say, table=True)
     return summary
+
+
+def _fittable(kinds, data: _Data, say) -> list:
+    """The kinds that apply to this data: only SGD out of core; no kernel SVM on many rows
+    (each skip said in one line, with the reason)."""
+    if data.route == "out-of-core":
+        say("out-of-core route: only the linear SGD head applies")
+        return ["sgd"]
+    keep = []
+    for kind in kinds:
+        reason = too_large(kind, data.n_rows)
+        if reason:
+            say(f"skipped: {reason}")
+        else:
+            keep.append(kind)
+    if not keep:
+        raise UserError(f"no head in {', '.join(kinds)} applies to {data.n_rows:,} training rows; "
+                        "use --heads logistic,svm,mlp")
+    return keep
+
+
+def _fit_and_say(kind, data: _Data, opts: FitOptions, say):
+    say(f"fitting {kind} ...")
+    real, pipeline, info = _fit_kind(kind, data, opts, say)
+    say(f"  {real}: cv {info['cv_mean']:.4f} +/- {info['cv_std']:.4f} "
+        f"{info['best_params'] or ''} ({info['fit_seconds']:.1f} s)")
+    return real, pipeline, info
+
+
+def _say_table(table, say) -> None:
+    say("ranked by cross-validated accuracy on the train split:")
+    say(f"  {'rank':>4}  {'head':<10} {'cv mean':>8} {'cv std':>7}  {'seconds':>7}  params")
+    for row in table:
+        say(f"  {row['rank']:>4}  {row['head']:<10} {row['cv_score']:>8.4f} {row['cv_std']:>7.4f}"
+            f"  {row['fit_seconds']:>7.1f}  {row['best_params'] or '-'}")
 
 
 def _save_transplantable(fitted, order, data: _Data, out: str, say):

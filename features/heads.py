@@ -74,7 +74,7 @@ def _classifier(kind: str, class_weight, seed: int):
     raise UserError(f"unknown head kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def too_large(kind: str, n_rows: int, dim: int) -> str | None:
+def too_large(kind: str, n_rows: int) -> str | None:
     """Why `kind` is not fitted on `n_rows` training rows (None: it is). A kernel SVM's kernel
     matrix grows as n^2 (8 n^2 bytes per fold) and libsvm's time faster still."""
     if kind in NOT_TRANSPLANTABLE and n_rows > KERNEL_MAX_ROWS:

@@ -11,7 +11,7 @@ on the fold's training rows only and scored on its held-out rows.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,16 +30,13 @@ class FoldData:
     groups_fit: np.ndarray | None
     X_val: np.ndarray | None      # the cache's val split, same preprocessing (MLP early stopping)
     y_val: np.ndarray | None
-    kernels: dict = field(default_factory=dict)
 
     def kernel(self, model: TemperedKernelSVC):
-        """(K fit x fit, K held x fit) for the model's kernel, computed once per fold."""
-        key = (model.kernel, model.gamma, model.degree)
-        if key not in self.kernels:
-            gamma = model.gamma_for(self.X_fit)
-            self.kernels[key] = (model.kernel_matrix(self.X_fit, self.X_fit, gamma),
-                                 model.kernel_matrix(self.X_held, self.X_fit, gamma))
-        return self.kernels[key]
+        """(K fit x fit, K held x fit) for the model's kernel: made once per fold for all of the
+        grid's C, and not kept (it is the largest thing a search holds)."""
+        gamma = model.gamma_for(self.X_fit)
+        return (model.kernel_matrix(self.X_fit, self.X_fit, gamma),
+                model.kernel_matrix(self.X_held, self.X_fit, gamma))
 
 
 class FoldSet:
