@@ -51,14 +51,15 @@ class FoldSet:
         self._data: dict[str, list[FoldData]] = {}
         self._preconditioners: dict[str, object] = {}
 
-    def preconditioner(self, prefix):
-        """One preconditioner for the linear solvers of every fold and C (from the first fold:
-        it only has to be close, see features/solvers.py)."""
+    def preconditioner(self, prefix, data: list[FoldData] | None = None):
+        """One preconditioner for the linear solvers of every fold, C and the final refit (from
+        the first fold's rows: it only has to be close, see features/solvers.py)."""
         from features.solvers import Preconditioner
 
         key = repr(prefix)
         if key not in self._preconditioners:
-            self._preconditioners[key] = Preconditioner.of(self.data(prefix)[0].X_fit)
+            rows = (data or self.data(prefix))[0].X_fit
+            self._preconditioners[key] = Preconditioner.of(rows)
         return self._preconditioners[key]
 
     def data(self, prefix) -> list[FoldData]:
@@ -160,7 +161,7 @@ def search(pipe, grid: dict, folds: FoldSet, alongside=None) -> SearchResult:
     candidates = list(ParameterGrid(grid)) if grid else [{}]
     clf = pipe.steps[-1][1]
     data = folds.data(pipe[:-1])
-    pre = folds.preconditioner(pipe[:-1]) if hasattr(clf, "solve") else None
+    pre = folds.preconditioner(pipe[:-1], data) if hasattr(clf, "solve") else None
     tasks = [lambda fd=fd: _fold_outputs(clf, candidates, fd, pre) for fd in data]
     outputs = run_parallel(tasks + ([alongside] if alongside else []), folds.n_jobs)
     extra = outputs.pop() if alongside else None
