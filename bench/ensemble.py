@@ -15,11 +15,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bottleneck.predict.predictor import load_predictor, predict_paths  # noqa: E402
-from features.ensemble import load_ensemble  # noqa: E402
-from features.store import Cache  # noqa: E402
+from bottleneck.predict.predictor import load_predictor, predict_paths
+from features.ensemble import load_ensemble
+from features.store import Cache
 
 
 def cached(ensemble, limit):

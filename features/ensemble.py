@@ -94,7 +94,7 @@ class Ensemble:
                 "created": self.created or datetime.now(timezone.utc).isoformat()}
 
     @classmethod
-    def from_file(cls, data: dict, path: str = "ensemble") -> "Ensemble":
+    def from_file(cls, data: dict, path: str = "ensemble") -> Ensemble:
         """Read `to_file`'s dict; a UserError names what is wrong with it."""
         if not isinstance(data, dict) or data.get("format") != ENSEMBLE_FORMAT:
             raise UserError(f"{path} is not a bottleneck ensemble file; make one with "
@@ -237,7 +237,7 @@ def read_model_file(path: str):
         raise UserError(f"no model file at {path}")
     try:
         return joblib.load(path)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
+    except Exception as exc:  # any unpickling failure is a bad file to the user
         raise UserError(f"{path} is not a readable model file ({type(exc).__name__}: "
                         f"{exc})") from exc
 

@@ -234,7 +234,7 @@ def test_predict_agrees_with_ensemble_on_cached_features(real, capsys):
     got = {row["path"]: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
     assert sorted(got) == sorted(paths)
     for path, p in zip(paths, want):
-        row = dict((c, q) for c, q in got[path]["top_k"])
+        row = dict(got[path]["top_k"])
         assert [row[c] for c in ens.class_names] == pytest.approx(list(p), abs=1e-4)
 
 
@@ -245,3 +245,17 @@ def test_ensemble_json_names_members_weights_and_test_accuracy(real, tmp_path, c
     summary = json.loads(capsys.readouterr().out)
     assert [m["path"] for m in summary["members"]] == heads
     assert len(summary["weights"]) == 3 and "test_accuracy" in summary
+
+
+def test_predict_tta_on_a_two_size_ensemble(real):
+    from bottleneck.predict.predictor import load_predictor, predict_paths
+
+    predictor = load_predictor(real["ensemble"])
+    files = sorted(os.path.join(real["data"], c, f) for c in os.listdir(real["data"])
+                   for f in os.listdir(os.path.join(real["data"], c)))[:3]
+    plain = [p for _, p, _ in predict_paths(predictor, files)]
+    tta = [p for _, p, _ in predict_paths(predictor, files, tta=2, seed=0)]
+    again = [p for _, p, _ in predict_paths(predictor, files, tta=2, seed=0)]
+    np.testing.assert_allclose(np.sum(tta, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(tta, again)                 # seeded views
+    assert not np.allclose(tta, plain)                     # the views count

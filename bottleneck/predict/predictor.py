@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -114,21 +115,26 @@ def predict_paths(predictor: Predictor, paths, batch_size: int = 32, tta: int = 
 
     With `tta` N, each image's probabilities are the mean over its plain view and N seeded
     augmented views (the same augmentation as `extract --views`)."""
-    from bottleneck.data.images import load_views
-
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         images, ok, bad = _load(predictor, chunk)
         proba = predictor.predict_images(images) if len(ok) else np.zeros((0, 0))
         if tta and len(ok):
-            views = _sized(predictor, lambda size: np.concatenate(
-                [load_views(chunk[i], tta, size, seed, start + i) for i in ok]))
+            views = _sized(predictor, partial(_views, [chunk[i] for i in ok],
+                                              [start + i for i in ok], tta, seed))
             extra = predictor.predict_images(views).reshape(len(ok), tta, -1)
             proba = (proba + extra.sum(axis=1)) / (1 + tta)
         rows = {i: proba[j] for j, i in enumerate(ok)}
         reasons = dict(bad)
         for i, path in enumerate(chunk):
             yield path, rows.get(i), reasons.get(i)
+
+
+def _views(paths, indices, tta: int, seed: int, size: int) -> np.ndarray:
+    """The seeded augmented views of `paths` (their `indices` in the run) at `size`."""
+    from bottleneck.data.images import load_views
+
+    return np.concatenate([load_views(p, tta, size, seed, i) for p, i in zip(paths, indices)])
 
 
 def _sized(predictor: Predictor, make):
