@@ -259,3 +259,18 @@ def test_predict_tta_on_a_two_size_ensemble(real):
     np.testing.assert_allclose(np.sum(tta, axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(tta, again)                 # seeded views
     assert not np.allclose(tta, plain)                     # the views count
+
+
+def test_ensemble_command_never_imports_tensorflow(made):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    out = str(made["tmp"] / "no_tf.joblib")
+    code = ("import sys; from bottleneck.cli import main; "
+            f"rc = main(['ensemble', {made['A']!r}, {made['B']!r}, '--out', {out!r}, '--cv', '3']);"
+            "assert rc == 0 and 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
