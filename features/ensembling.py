@@ -152,6 +152,7 @@ def run_ensemble(opts: EnsembleOptions, say=print) -> dict:
 
 
 def _build(sources: list[_Source], opts: EnsembleOptions, say) -> dict:
+    """Choose the combination on train, score test once, save; returns the summary."""
     first = sources[0].cache
     labels = first.labels[sources[0].rows]
     split = first.split[sources[0].rows]
@@ -160,39 +161,50 @@ def _build(sources: list[_Source], opts: EnsembleOptions, say) -> dict:
     splits = fold_splits(labels[train], opts.folds, opts.seed)
     say(f"{len(sources)} members; choosing the {'stacked head' if opts.stack else 'weights'} on "
         f"{len(splits)}-fold out-of-fold probabilities of the train split ({len(train)} images)")
-    oof = []
-    for number, src in enumerate(sources, start=1):
-        oof.append(out_of_fold(src.bundle["pipeline"], src.features(train), labels[train],
-                               splits))
-        say(f"  member {number} {src.path}: out-of-fold accuracy "
-            f"{np.mean(oof[-1].argmax(1) == labels[train]):.4f}")
+    oof = _out_of_fold(sources, train, labels[train], splits, say)
     combine = _choose(oof, labels[train], opts)
-    oof_proba = combine.predict_proba(oof)
     names = list(sources[0].bundle["provenance"].class_names)
-    # the one look at the test split
-    member_test = [src.bundle["pipeline"].predict_proba(src.features(test)) for src in sources]
-    y_test = labels[test]
-    scored = [test_metrics(y_test, p, names, top_k=(1, opts.top_k)) for p in member_test] \
-        if len(test) else [None] * len(sources)
-    members = tuple(_member(src, None if m is None else _short(m))
-                    for src, m in zip(sources, scored))
-    proba = combine.predict_proba(member_test) if len(test) else None
-    metrics = test_metrics(y_test, proba, names, top_k=(1, opts.top_k)) if len(test) else None
+    members, proba, metrics = _score_test(sources, test, labels[test], combine, names, opts)
     scores = {"chosen_on": "train out-of-fold", "folds": len(splits), "seed": opts.seed,
-              "oof": {"accuracy": float(np.mean(oof_proba.argmax(1) == labels[train])),
-                      "log_loss": log_loss(oof_proba, labels[train]),
-                      "members": [{"accuracy": float(np.mean(p.argmax(1) == labels[train])),
-                                   "log_loss": log_loss(p, labels[train])} for p in oof]},
-              "test": metrics,
-              "n": {"train": len(train), "test": len(test)}}
+              "oof": _oof_scores(combine.predict_proba(oof), oof, labels[train]),
+              "test": metrics, "n": {"train": len(train), "test": len(test)}}
     ensemble = Ensemble(members, combine.weights, combine.combine, combine.stacker, tuple(names),
                         sources[0].bundle["provenance"].data_id, scores)
     save_ensemble(opts.out, ensemble)
     summary = _summary(ensemble, opts)
     if opts.report and metrics is not None:
-        summary["report"] = _report(ensemble, opts, sources[0], test, y_test, proba)
+        summary["report"] = _report(ensemble, opts, sources[0], test, labels[test], proba)
     _say(summary, say)
     return summary
+
+
+def _out_of_fold(sources, train, y, splits, say) -> list:
+    """Each member's out-of-fold probabilities of the train rows (the same folds for all)."""
+    oof = []
+    for number, src in enumerate(sources, start=1):
+        oof.append(out_of_fold(src.bundle["pipeline"], src.features(train), y, splits))
+        say(f"  member {number} {src.path}: out-of-fold accuracy "
+            f"{np.mean(oof[-1].argmax(1) == y):.4f}")
+    return oof
+
+
+def _oof_scores(proba, oof, y) -> dict:
+    """Out-of-fold accuracy and log loss of the combination and of each member."""
+    return {"accuracy": float(np.mean(proba.argmax(1) == y)), "log_loss": log_loss(proba, y),
+            "members": [{"accuracy": float(np.mean(p.argmax(1) == y)), "log_loss": log_loss(p, y)}
+                        for p in oof]}
+
+
+def _score_test(sources, test, y_test, combine: Ensemble, names, opts: EnsembleOptions):
+    """The one look at the test split: (members with their test figures, the ensemble's
+    probabilities, its metrics); None for both without a test split."""
+    if not len(test):
+        return tuple(_member(src, None) for src in sources), None, None
+    probas = [src.bundle["pipeline"].predict_proba(src.features(test)) for src in sources]
+    members = tuple(_member(src, _short(test_metrics(y_test, p, names, top_k=(1, opts.top_k))))
+                    for src, p in zip(sources, probas))
+    proba = combine.predict_proba(probas)
+    return members, proba, test_metrics(y_test, proba, names, top_k=(1, opts.top_k))
 
 
 def _choose(oof, y, opts: EnsembleOptions) -> Ensemble:
