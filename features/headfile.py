@@ -64,6 +64,9 @@ def load_head(path: str) -> dict:
         bundle = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
         raise UserError(f"{path} is not a readable head file ({type(exc).__name__}: {exc})") from exc
+    if isinstance(bundle, dict) and bundle.get("format") == "bottleneck-ensemble":
+        raise UserError(f"{path} is an ensemble of heads, not one head: `predict --model` takes "
+                        "it; finetune needs one of its member heads")
     if not isinstance(bundle, dict) or bundle.get("format") != HEAD_FORMAT:
         raise UserError(f"{path} is not a bottleneck head file (no '{HEAD_FORMAT}' metadata); "
                         "refit it with `python cli.py fit`")

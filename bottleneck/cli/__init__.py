@@ -32,6 +32,7 @@ COMMANDS = {
     "fit-logistic": ("fit", "add_logistic_parser", "run_logistic"),
     "fit-mlp": ("fit", "add_mlp_parser", "run_mlp"),
     "fit": ("fit", "add_parser", "run"),
+    "ensemble": ("ensemble", "add_parser", "run"),
     "predict": ("predict", "add_parser", "run"),
     "finetune": ("finetune", "add_parser", "run"),
     "export": ("export", "add_parser", "run"),

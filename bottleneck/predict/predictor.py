@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -24,12 +25,21 @@ class Predictor:
     image_size: int
     predict_images: Callable[[np.ndarray], np.ndarray]   # float32 (n, s, s, 3) in [0,255] -> (n, k)
     info: dict
+    # several input sizes (an ensemble): predict_images then takes {size: images at that size}
+    image_sizes: tuple[int, ...] = ()
 
 
 def load_predictor(path: str, weights: str | None = None) -> Predictor:
-    """A head (.joblib, stage 2) or a fine-tuned network (.keras, stage 3) as a Predictor."""
+    """A head or an ensemble (.joblib, stage 2) or a fine-tuned network (.keras, stage 3) as a
+    Predictor."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".joblib":
+        from features.ensemble import is_ensemble_file
+
+        if is_ensemble_file(path):
+            from bottleneck.predict.ensemble import load_ensemble_predictor
+
+            return load_ensemble_predictor(path, weights)
         return load_head_predictor(path, weights)
     if ext == ".keras":
         return load_keras_predictor(path)
@@ -105,18 +115,42 @@ def predict_paths(predictor: Predictor, paths, batch_size: int = 32, tta: int = 
 
     With `tta` N, each image's probabilities are the mean over its plain view and N seeded
     augmented views (the same augmentation as `extract --views`)."""
-    from bottleneck.data.images import load_batch, load_views
-
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
-        images, ok, bad = load_batch(chunk, predictor.image_size)
+        images, ok, bad = _load(predictor, chunk)
         proba = predictor.predict_images(images) if len(ok) else np.zeros((0, 0))
         if tta and len(ok):
-            views = np.concatenate([load_views(chunk[i], tta, predictor.image_size, seed,
-                                               start + i) for i in ok])
+            views = _sized(predictor, partial(_views, [chunk[i] for i in ok],
+                                              [start + i for i in ok], tta, seed))
             extra = predictor.predict_images(views).reshape(len(ok), tta, -1)
             proba = (proba + extra.sum(axis=1)) / (1 + tta)
         rows = {i: proba[j] for j, i in enumerate(ok)}
         reasons = dict(bad)
         for i, path in enumerate(chunk):
             yield path, rows.get(i), reasons.get(i)
+
+
+def _views(paths, indices, tta: int, seed: int, size: int) -> np.ndarray:
+    """The seeded augmented views of `paths` (their `indices` in the run) at `size`."""
+    from bottleneck.data.images import load_views
+
+    return np.concatenate([load_views(p, tta, size, seed, i) for p, i in zip(paths, indices)])
+
+
+def _sized(predictor: Predictor, make):
+    """make(size) for the predictor's one size, or {size: make(size)} for each of its sizes."""
+    if not predictor.image_sizes:
+        return make(predictor.image_size)
+    return {size: make(size) for size in predictor.image_sizes}
+
+
+def _load(predictor: Predictor, chunk):
+    """(images, ok, bad) of a chunk of files at the predictor's size(s); decoding does not
+    depend on the size, so every size reads the same files."""
+    from bottleneck.data.images import load_batch
+
+    loaded = _sized(predictor, lambda size: load_batch(chunk, size))
+    if not predictor.image_sizes:
+        return loaded
+    first = loaded[predictor.image_sizes[0]]
+    return {size: part[0] for size, part in loaded.items()}, first[1], first[2]
