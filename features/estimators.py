@@ -185,6 +185,17 @@ class LinearSolverMixin(SoftmaxLinearMixin):
         self.temperature_ = 1.0
         return self
 
+    def fit_standardized(self, view, y, preconditioner=None):
+        """Fit on a features.solvers.Standardized view of a large training set (no scaled copy);
+        a tempered head takes the `temperature` its search fitted."""
+        self.solve(view, np.asarray(y), preconditioner)
+        self.n_features_in_ = view.shape[1]
+        if "temperature" in self.get_params():
+            if self.temperature is None:
+                raise ValueError("fit_standardized needs `temperature` set (from the search)")
+            self.temperature_ = float(self.temperature)
+        return self
+
 
 class LinearLogistic(LinearSolverMixin, ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression (binary: the logistic loss), the objective of

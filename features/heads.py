@@ -205,12 +205,20 @@ def _stacked(X, X_val):
 
 
 def _fit_pipeline(pipe, X, y, params: dict) -> None:
-    """Pipeline.fit, with the preprocessing fitted lean on large data (features/search.py)."""
-    from features.search import fit_prefix
+    """Pipeline.fit, lean on large data (features/search.py): a linear head behind one
+    StandardScaler reads the rows through a Standardized view (no scaled copy); other
+    preprocessing is fitted and applied a block of rows at a time."""
+    from features.search import fit_prefix, fit_scaler, is_large, standard_only
+    from features.solvers import Standardized
 
-    name, clf = pipe.steps[-1]
-    Xt = fit_prefix(pipe[:-1], X)
-    clf.fit(Xt, y, **{key.split("__", 1)[1]: value for key, value in params.items()})
+    _, clf = pipe.steps[-1]
+    params = {key.split("__", 1)[1]: value for key, value in params.items()}
+    if is_large(len(X)) and hasattr(clf, "fit_standardized") and standard_only(pipe[:-1]):
+        scaler = fit_scaler(pipe.steps[0][1], X)
+        clf.fit_standardized(Standardized(X, None, scaler.mean_, scaler.scale_), y,
+                             params.get("preconditioner"))
+        return
+    clf.fit(fit_prefix(pipe[:-1], X), y, **params)
 
 
 def _fit_params(pipe, groups, preconditioner=None) -> dict:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.estimators import TemperedKernelSVC, as_logits, fit_temperature
+from features.solvers import Standardized, linear_decision
 
 
 @dataclass
@@ -62,19 +63,31 @@ class FoldSet:
             self._preconditioners[key] = Preconditioner.of(rows)
         return self._preconditioners[key]
 
-    def data(self, prefix) -> list[FoldData]:
+    def data(self, prefix, views: bool = False) -> list[FoldData]:
         """Every fold's rows through a clone of `prefix` (a Pipeline of the steps before the
         classifier) fitted on that fold's training rows. Kept for the next head unless the
-        training set is large: there a copy would hold memory through the final refit."""
-        key = repr(prefix)
+        training set is large: there a copy would hold memory through the final refit.
+        `views`: on a large set with standard scaling, give Standardized views instead of
+        copies (for the linear solvers, which read them a block at a time)."""
+        lazy = views and is_large(len(self.X)) and standard_only(prefix)
+        key = repr(prefix) + ("views" if lazy else "")
         if key in self._data:
             return self._data[key]
-        data = run_parallel(
-            [lambda split=split: self._fold(prefix, *split) for split in self.splits],
-            self.n_jobs)
+        make = self._view if lazy else self._fold
+        data = run_parallel([lambda split=split: make(prefix, *split) for split in self.splits],
+                            self.n_jobs)
         if not is_large(len(self.X)):
             self._data[key] = data
         return data
+
+    def _view(self, prefix, fit, held) -> FoldData:
+        """A fold as Standardized views of the training rows: no copy of the data is made."""
+        from sklearn.base import clone
+
+        scaler = fit_scaler(clone(prefix.steps[0][1]), self.X, fit)
+        view = (lambda rows: Standardized(self.X, rows, scaler.mean_, scaler.scale_))
+        return FoldData(view(fit), self.y[fit], view(held), self.y[held], held,
+                        None if self.groups is None else np.asarray(self.groups)[fit], None, None)
 
     def _fold(self, prefix, fit, held) -> FoldData:
         from sklearn.base import clone
@@ -89,6 +102,22 @@ class FoldSet:
         return FoldData(as32(X_fit), self.y[fit], as32(X_held), self.y[held], held,
                         None if self.groups is None else np.asarray(self.groups)[fit], as32(X_val),
                         None if X_val is None else self.y_val)
+
+
+def standard_only(prefix) -> bool:
+    """Whether the preprocessing is one StandardScaler (foldable into a linear head's weights)."""
+    from sklearn.preprocessing import StandardScaler
+
+    steps = [step for _, step in prefix.steps]
+    return (len(steps) == 1 and isinstance(steps[0], StandardScaler) and steps[0].with_mean
+            and steps[0].with_std)
+
+
+def fit_scaler(scaler, X, rows=None):
+    """A StandardScaler fitted on X[rows] by partial_fit over blocks (small temporaries)."""
+    for block in _row_blocks(len(X) if rows is None else len(rows)):
+        scaler.partial_fit(X[block] if rows is None else X[rows[block]])
+    return scaler
 
 
 def is_large(n_rows: int) -> bool:
@@ -160,8 +189,9 @@ def search(pipe, grid: dict, folds: FoldSet, alongside=None) -> SearchResult:
 
     candidates = list(ParameterGrid(grid)) if grid else [{}]
     clf = pipe.steps[-1][1]
-    data = folds.data(pipe[:-1])
-    pre = folds.preconditioner(pipe[:-1], data) if hasattr(clf, "solve") else None
+    linear = hasattr(clf, "solve")
+    data = folds.data(pipe[:-1], views=linear)
+    pre = folds.preconditioner(pipe[:-1], data) if linear else None
     tasks = [lambda fd=fd: _fold_outputs(clf, candidates, fd, pre) for fd in data]
     outputs = run_parallel(tasks + ([alongside] if alongside else []), folds.n_jobs)
     extra = outputs.pop() if alongside else None
@@ -193,7 +223,7 @@ def _fold_outputs(clf, candidates, fd: FoldData, preconditioner) -> list:
         for model in models:
             model.solve(fd.X_fit, fd.y_fit, preconditioner=preconditioner, init=previous)
             previous = model.solution_
-            outputs.append(model.decision_function(fd.X_held))
+            outputs.append(linear_decision(fd.X_held, model.coef_, model.intercept_))
         return outputs
     if isinstance(clf, TemperedKernelSVC):
         K_fit, K_held = fd.kernel(clf)

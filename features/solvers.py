@@ -19,6 +19,50 @@ PRECONDITIONER_ROWS = 20_000   # rows of X the randomised SVD looks at (a precon
 
 
 @dataclass(frozen=True)
+class Standardized:
+    """Rows of a float32 matrix through a standard scaling, (X[rows] - mean) / scale, never made
+    whole: the solvers read them a block at a time and fold the scaling into the weights, so a
+    large training set is not copied (a scaled copy would double the memory of `fit`)."""
+
+    X: np.ndarray
+    rows: np.ndarray | None   # row numbers into X (None: every row, in order)
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self.X) if self.rows is None else len(self.rows), self.X.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def raw(self, block: slice) -> np.ndarray:
+        """The unscaled rows of `block` (a view when rows is None, else a copy of the block)."""
+        return self.X[block] if self.rows is None else self.X[self.rows[block]]
+
+    def scaled(self, block: slice) -> np.ndarray:
+        return ((self.raw(block) - self.mean) / self.scale).astype(np.float32)
+
+
+def _affine(X):
+    """(source, shift, inverse scale): X's rows are (source rows - shift) * inverse scale."""
+    if isinstance(X, Standardized):
+        return X, (X.mean / X.scale).astype(np.float64), (1.0 / X.scale).astype(np.float64)
+    return X, 0.0, 1.0
+
+
+def linear_decision(X, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """X @ coef.T + intercept for an array or a Standardized view, a block of rows at a time."""
+    source, shift, inverse = _affine(X)
+    w = (np.asarray(coef, np.float64).T * (np.ones(X.shape[1]) * inverse)[:, None])
+    b = np.asarray(intercept, np.float64) - (np.ones(X.shape[1]) * shift) @ np.asarray(coef).T
+    raw = source.raw if isinstance(source, Standardized) else source.__getitem__
+    out = np.concatenate([raw(rows) @ w.astype(np.float32) + b for rows in _blocks(len(X))]
+                         or [np.zeros((0, len(b)))])
+    return out.ravel() if out.shape[1] == 1 else out
+
+
+@dataclass(frozen=True)
 class Preconditioner:
     """P = Q (D - t) Q' + t I: the top-r directions of X'X/n scaled by (a lam + mu)^(-1/2), the
     rest by t = (a lam_r + mu)^(-1/2), lam_r the smallest eigenvalue found."""
@@ -36,8 +80,9 @@ class Preconditioner:
         from sklearn.utils.extmath import randomized_svd
 
         rng = np.random.default_rng(random_state)
-        rows = X if len(X) <= PRECONDITIONER_ROWS else X[np.sort(
-            rng.choice(len(X), PRECONDITIONER_ROWS, replace=False))]
+        pick = (slice(None) if len(X) <= PRECONDITIONER_ROWS
+                else np.sort(rng.choice(len(X), PRECONDITIONER_ROWS, replace=False)))
+        rows = X.scaled(pick) if isinstance(X, Standardized) else X[pick]
         rank = max(1, min(PRECONDITIONER_RANK, min(rows.shape) - 1))
         _, s, vt = randomized_svd(np.asarray(rows, np.float32), rank, n_iter=3,
                                   random_state=random_state)
@@ -96,7 +141,9 @@ def fit_linear(X, y_index, n_classes: int, *, C: float, loss: str, sample_weight
     """
     from scipy.optimize import minimize
 
-    X = np.asarray(X)
+    X = X if isinstance(X, Standardized) else np.asarray(X)
+    source, shift, inverse = _affine(X)
+    raw = source.raw if isinstance(source, Standardized) else source.__getitem__
     n, d = X.shape
     weight = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
     total = weight.sum()
@@ -114,16 +161,20 @@ def fit_linear(X, y_index, n_classes: int, *, C: float, loss: str, sample_weight
     def objective(params):
         v, b = params[:d * k].reshape(d, k), params[d * k:]
         w = precondition(v)
-        w32, value = w.astype(X.dtype), 0.5 * ridge * float((w * w).sum())
-        grad_w, grad_b = ridge * w, np.zeros(k)
+        value = 0.5 * ridge * float((w * w).sum())
+        w_raw = (w * (np.ones(d) * inverse)[:, None]).astype(np.float32)   # the scaling, folded
+        b_raw = (b - (np.ones(d) * shift) @ w).astype(np.float32)
+        xt_g, g_sum = np.zeros((d, k)), np.zeros(k)
         for rows in _blocks(n):   # bounded memory: (block, k) temporaries, whatever n and k
-            z = X[rows] @ w32 + b.astype(X.dtype)
-            part, grad_z = _loss_and_grad_z(z, _targets(y_index[rows], n_classes, loss),
+            block = raw(rows)
+            part, grad_z = _loss_and_grad_z(block @ w_raw + b_raw,
+                                            _targets(y_index[rows], n_classes, loss),
                                             weight[rows], loss)
             value += part
-            grad_w += (X[rows].T @ grad_z).astype(np.float64)
-            grad_b += grad_z.sum(axis=0, dtype=np.float64)
-        return value, np.concatenate([precondition(grad_w).ravel(), grad_b])
+            xt_g += block.T @ grad_z
+            g_sum += grad_z.sum(axis=0, dtype=np.float64)
+        grad_w = (np.ones(d) * inverse)[:, None] * xt_g - np.outer(np.ones(d) * shift, g_sum)
+        return value, np.concatenate([precondition(grad_w + ridge * w).ravel(), g_sum])
 
     start = np.zeros(d * k + k)
     if init is not None:   # warm start: express the previous solution in the new basis

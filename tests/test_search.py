@@ -121,3 +121,31 @@ def test_fit_skips_a_kernel_svm_on_many_rows_and_fit_svm_refuses_it(tmp_path, mo
         fit_one("svm-rbf", FitOptions(features=cache, out=str(tmp_path / "k.joblib")),
                 say=said.append)
     assert not (tmp_path / "k.joblib").exists()
+
+
+def test_large_linear_heads_read_standardized_views_and_match_scaled_copies(monkeypatch):
+    """Above the size threshold, linear heads never copy the scaled training rows; the views
+    give the candidates' scores and the final head of the scaled copies."""
+    from features import search as search_module
+    from features.solvers import Standardized
+
+    monkeypatch.setattr(heads, "HOLDOUT_ABOVE", 100)
+    X, y = blobs(n_per_class=150, k=3, d=10, sep=1.0)
+    X = X * 3 + 2
+    pipe, grid = heads.make_pipeline("svm"), heads.param_grid("svm")
+    cv = heads.cv_splitter(y, 5, 0)
+    lean = FoldSet(X, y, None, cv)
+    assert isinstance(lean.data(pipe[:-1], views=True)[0].X_fit, Standardized)
+    with_views = search(pipe, grid, lean)
+    final = heads.clone_with(pipe, {**with_views.best_params,
+                                    "clf__temperature": with_views.temperature})
+    heads._fit_pipeline(final, X, y, {})
+    monkeypatch.setattr(search_module, "standard_only", lambda prefix: False)
+    with_copies = search(pipe, grid, FoldSet(X, y, None, cv))
+    np.testing.assert_allclose([c["cv_mean"] for c in with_views.candidates],
+                               [c["cv_mean"] for c in with_copies.candidates], atol=1e-9)
+    assert with_views.temperature == pytest.approx(with_copies.temperature, rel=1e-3)
+    plain = heads.clone_with(pipe, {**with_views.best_params,
+                                    "clf__temperature": with_views.temperature})
+    heads._fit_pipeline(plain, X, y, {})
+    np.testing.assert_allclose(final.predict_proba(X), plain.predict_proba(X), atol=1e-4)
