@@ -64,18 +64,11 @@ def pick_devices(spec: str | None, gpus: int, cores: list[int]) -> list[Device]:
 
 
 def enter_device(device: Device) -> None:
-    """Make this fresh process use only `device`; call before TensorFlow is imported."""
-    if device.kind == "GPU":
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index)
-    else:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    """Make this fresh process use only `device`; call before TensorFlow is imported. TensorFlow
+    sizes its thread pools (and tf.data its decoding threads) from the cores pinned here."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index) if device.kind == "GPU" else ""
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, device.cores)
-    from features.tf import tf
-
-    threads = len(device.cores)
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
 
 
 def worker_main(device: Device, settings, shards, events) -> None:
@@ -126,8 +119,8 @@ def run_workers(devices: list[Device], settings, shards: list[Shard], on_batch, 
         todo.put((shard.start, shard.stop))
     procs = [ctx.Process(target=worker_main, args=(d, settings, todo, events), daemon=True,
                          name=f"extract-{d.kind}{d.index}") for d in devices]
-    for proc in procs:
-        proc.start()
+    for device, proc in zip(devices, procs):
+        _start_on(device, proc)
     try:
         return _watch(procs, devices, events, on_batch, say)
     finally:
@@ -137,9 +130,28 @@ def run_workers(devices: list[Device], settings, shards: list[Shard], on_batch, 
             proc.join()
 
 
+def _start_on(device: Device, proc) -> None:
+    """Start `proc` with the device's environment and cores already in place: a spawned child
+    re-imports the caller's main module (which may import TensorFlow) before worker_main runs."""
+    saved_env, saved_cores = os.environ.get("CUDA_VISIBLE_DEVICES"), usable_cores()
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(device.index) if device.kind == "GPU" else ""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, device.cores)
+    try:
+        proc.start()
+    finally:
+        if saved_env is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, saved_cores)
+
+
 def _watch(procs, devices, events, on_batch, say) -> WorkerRun:
-    """Relay workers' progress until all exit; a worker that dies stops the run at once."""
-    run, warmed, clock = WorkerRun(), set(), None
+    """Relay workers' progress until all exit; a worker that dies stops the run at once. The
+    steady rate is the sum of each worker's own rate after its first batch (start-up excluded)."""
+    run, spans = WorkerRun(), {}
     while True:
         _raise_if_failed(procs, devices)
         try:
@@ -153,11 +165,11 @@ def _watch(procs, devices, events, on_batch, say) -> WorkerRun:
             continue
         run.computed += value[1]
         on_batch(value[0])
-        warmed.add(index)
-        if clock is None and len(warmed) == len(procs):
-            clock = (time.perf_counter(), run.computed)
-    if clock and run.computed > clock[1]:
-        run.steady = (run.computed - clock[1]) / (time.perf_counter() - clock[0])
+        now = time.perf_counter()
+        first, images, _ = spans.get(index, (now, -value[1], now))
+        spans[index] = (first, images + value[1], now)
+    rates = [n / (last - first) for first, n, last in spans.values() if last > first and n > 0]
+    run.steady = sum(rates) if rates else None
     return run
 
 

@@ -123,3 +123,14 @@ def test_out_of_memory_halves_the_batch_and_says_so(tiny_folder, tmp_path, monke
     monkeypatch.setattr(ex, "compiled_forward", real)
     plain = run_extract(ExtractOptions(out=str(tmp_path / "b.h5"), **opts), say=said.append)
     assert_same_cache(halved["path"], plain["path"])
+
+
+def test_engine_ray_without_ray_names_the_install(monkeypatch):
+    import importlib.util
+
+    from bottleneck.engines.ray_engine import check_ray
+    from bottleneck.extract import ExtractOptions
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pip install -e '\.\[ray\]'"):
+        check_ray(ExtractOptions(data=".", engine="ray"))
