@@ -3,6 +3,8 @@
     python bench/extract.py --case mobilenet-flowers   # MobileNet 0.25 on ../shared/data/flowers5
     python bench/extract.py --case vgg16 --n 96        # VGG16 block5_pool, 224 px JPEGs, fp32/bf16
     python bench/extract.py --case memory --n 256      # peak RSS at 1x and 4x the images
+    python bench/extract.py --case workers --n 600     # 1 vs 2 workers, each pinned to one core
+    python bench/extract.py --case decode --n 300      # img/s one core decodes (JPEG -> 224 px)
 
 The stock route is `keras.utils.image_dataset_from_directory(shuffle=False)` + the family's
 `preprocess_input` + `model.predict`, with the same body and weights. Ratios, not absolute times,
@@ -69,13 +71,14 @@ def stock_route(folder, backbone, weights, alpha, layer, size, batch_size=32):
     return time.perf_counter() - start, feats
 
 
-def our_route(folder, backbone, weights, alpha, layer, size, precision="float32", batch_size=32):
+def our_route(folder, backbone, weights, alpha, layer, size, precision="float32", batch_size=32,
+              devices=None):
     out = tempfile.mktemp(suffix=".h5")
     start = time.perf_counter()
     result = run_extract(ExtractOptions(
         data=folder, backbone=backbone, alpha=alpha, weights=weights or "none", layers=(layer,),
         image_size=size, batch_size=batch_size, test_size=0, val_size=0, out=out, progress=False,
-        precision=precision), say=lambda *a: None)
+        precision=precision, devices=devices), say=lambda *a: None)
     seconds = time.perf_counter() - start
     with Cache(out) as cache:
         feats = cache.features(layer)
@@ -143,16 +146,67 @@ def case_rss(args):
     return None
 
 
+def case_workers(args):
+    """1 worker on one core (a pinned subprocess) vs --workers N CPU workers, one core each."""
+    tmp = tempfile.mkdtemp()
+    folder = subset(args.n, os.path.join(tmp, "data"))
+    out = {"case": "workers: mobilenet-0.25 224px JPEG, one core per worker", "images": None}
+    for workers in range(1, args.workers + 1):
+        proc = subprocess.run([sys.executable, __file__, "--case", "_pinned", "--folder", folder,
+                               "--workers", str(workers)], capture_output=True, text=True)
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["images"] = row["images"]
+        out[f"wall_img_s_{workers}"], out[f"steady_img_s_{workers}"] = row["wall"], row["steady"]
+    shutil.rmtree(tmp)
+    last = args.workers
+    out[f"wall_{last}_over_1"] = round(out[f"wall_img_s_{last}"] / out["wall_img_s_1"], 2)
+    out[f"steady_{last}_over_1"] = round(out[f"steady_img_s_{last}"] / out["steady_img_s_1"], 2)
+    out["target"] = 1.7
+    return out
+
+
+def case_pinned(args):
+    """One run with `--workers` cores: one worker in this process pinned to one core, or N
+    worker processes (extract --devices N) pinned to one core each."""
+    weights = MOBILENET if os.path.isfile(MOBILENET) else None
+    if args.workers == 1:
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
+    seconds, _, n, steady = our_route(args.folder, "mobilenet", weights, 0.25, "conv_pw_13_relu",
+                                      224, devices=str(args.workers))
+    print(json.dumps({"images": n, "wall": round(n / seconds, 1), "steady": steady}))
+
+
+def case_decode(args):
+    """Images per second that one core decodes and resizes (the tf.data route of extract)."""
+    os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
+    from bottleneck.data.images import image_dataset, scan_folder
+    tmp = tempfile.mkdtemp()
+    folder = scan_folder(subset(args.n, os.path.join(tmp, "data")))
+    paths = [folder.absolute(p) for p in folder.paths]
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _batch in image_dataset(paths, range(len(paths)), 224, 32):
+            pass
+        best = max(best, len(paths) / (time.perf_counter() - start))
+    shutil.rmtree(tmp)
+    return {"case": "decode + resize to 224 px on one core (tf.data, JPEG)",
+            "images": len(paths), "img_s_one_core": round(best, 1)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--case", choices=["mobilenet-flowers", "vgg16", "memory", "_rss"],
+    parser.add_argument("--case", choices=["mobilenet-flowers", "vgg16", "memory", "workers",
+                                           "decode", "_rss", "_pinned"],
                         required=True)
     parser.add_argument("--n", type=int, default=100, help="images for vgg16/memory cases")
     parser.add_argument("--folder")
+    parser.add_argument("--workers", type=int, default=2, help="most workers for the workers case")
     args = parser.parse_args()
     result = {"mobilenet-flowers": case_mobilenet, "vgg16": case_vgg16, "memory": case_memory,
-              "_rss": case_rss}[args.case](args)
+              "_rss": case_rss, "workers": case_workers, "decode": case_decode,
+              "_pinned": case_pinned}[args.case](args)
     if result:
         print(json.dumps(result, indent=1))
 

@@ -28,17 +28,19 @@ from bottleneck.backbones.registry import (
     get_backbone,
     weights_id,
 )
-from bottleneck.data.augment import augmented_views
-from bottleneck.data.images import ImageFolder, decode_with_pillow, image_dataset, scan_folder
+from bottleneck.data.images import ImageFolder, scan_folder
+from bottleneck.shards import BatchSettings, ShardCounts, run_shards
+from bottleneck.worker import Device, count_gpus, pick_devices, run_workers, usable_cores
 from features.atomic import check_writable
 from features.errors import UserError
-from features.journal import Journal
+from features.journal import Journal, plan_shards
 from features.provenance import CONTENT_KEYS, Provenance
 from features.split import assign_split, split_counts
 from features.store import Cache, write_cache
 from features.versions import library_versions
 
 MAX_VIEWS = 128   # views are seeded by (seed, image index * 1024 + view * 8): keep them apart
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,10 @@ class ExtractOptions:
     precision: str = "float32"
     views: int = 0                  # augmented views per image, stored beside the plain view
     progress: bool = True
+    devices: str | None = None      # 'all' (the default: every GPU, else the CPU) or a count
+    shard_size: int | None = None   # images per shard (default: about four shards per worker)
+    engine: str = "local"           # 'local': this machine's devices; 'ray': a Ray cluster
+    address: str | None = None      # the Ray cluster to join (default: start a local Ray)
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -73,6 +79,12 @@ class ExtractOptions:
                             "pixels (leave it out for the backbone's own size)")
         if self.pool not in POOLS:
             raise UserError(f"--pool {self.pool!r}: choose one of {', '.join(POOLS)}")
+        if self.shard_size is not None and self.shard_size < 1:
+            raise UserError(f"--shard-size {self.shard_size}: must be at least 1 image")
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        if self.address and self.engine != "ray":
+            raise UserError("--address is the Ray cluster to use: add --engine ray")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r}: choose one of "
                             f"{', '.join(PRECISIONS)}")
@@ -90,6 +102,12 @@ class ExtractionPlan:
     datasets: dict                  # 'features/<layer>' (and 'views/<layer>') -> row shape
     out: str
     weights: str | None             # what build_body loaded: None, 'imagenet' or a file path
+    devices: list[Device]           # one worker each (local engine)
+
+    def settings(self) -> BatchSettings:
+        """What a worker needs to compute batches (picklable)."""
+        return BatchSettings(self.out, self.folder.root, self.provenance.image_size,
+                             self.opts.views, self.opts.batch_size, self.opts.seed)
 
 
 def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_size) -> str:
@@ -103,6 +121,11 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
     """Check every input, scan the folder, split it and build the network; writes nothing."""
     row = get_backbone(opts.backbone)
     weights = check_weights_arg(opts.weights)
+    devices = pick_devices(opts.devices, count_gpus(), usable_cores())
+    if opts.engine == "ray":
+        from bottleneck.engines.ray_engine import check_ray
+
+        check_ray(opts)
     alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
     folder = scan_folder(opts.data)
@@ -128,7 +151,7 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
         weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
     out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
     check_output_file(out, opts.overwrite)
-    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights)
+    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices)
 
 
 def check_output_file(out: str, overwrite: bool) -> None:
@@ -167,9 +190,9 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
         # with --overwrite the old cache stays in place until the new one replaces it, complete
         _open_journal(plan, journal, say)
         done = journal.done()
-        computed, steady = _run_batches(plan, journal, start=done, say=say, on_batch=on_batch)
-        return _assemble(plan, journal, resumed=done > 0, computed=computed, steady=steady,
-                         seconds=time.time() - started)
+        counts = _compute(plan, journal, say=say, on_batch=on_batch)
+        return _assemble(plan, journal, resumed=done > 0, computed=counts.computed,
+                         steady=counts.steady, seconds=time.time() - started)
 
 
 def _confirm_complete(plan: ExtractionPlan, journal: Journal, say) -> dict:
@@ -199,9 +222,12 @@ def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
         known = set(saved["paths"]) | {path for path, _ in saved.get("rejected", [])}
         warn_folder_changed(plan.folder, known, "this extraction started", say)
     else:
+        shards = plan_shards(len(plan.folder.paths), plan.opts.batch_size, len(plan.devices),
+                             plan.opts.shard_size)
         journal.start({"provenance": plan.provenance.to_json(), "paths": plan.folder.paths,
                        "labels": plan.folder.labels.tolist(), "split": plan.split.tolist(),
-                       "datasets": plan.datasets, "rejected": plan.folder.rejected})
+                       "datasets": plan.datasets, "rejected": plan.folder.rejected,
+                       "shards": [[s.start, s.stop] for s in shards]})
     done = journal.done()
     empty = plan.folder.empty_classes
     if empty:
@@ -265,123 +291,37 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
     }
 
 
-class _BatchRunner:
-    """Forward passes over one run's images, journaled batch by batch (the journal writes in a
-    background thread while the next batch computes)."""
-
-    def __init__(self, plan: ExtractionPlan, journal: Journal, start: int):
-        from features.tf import tf
-
-        self.tf, self.plan, self.journal = tf, plan, journal
-        self.paths, self.root = journal.plan["paths"], plan.folder.root
-        self.size, self.views = plan.provenance.image_size, plan.opts.views
-        self.batch_size, self.seed = plan.opts.batch_size, plan.opts.seed
-        self.forward = compiled_forward(plan.model)
-        self.shapes = list(journal.plan["datasets"].values())
-        self.covered, self.computed = start, 0
-        self.writer, self.pending = journal.writer(), []
-
-    def padded(self, x):
-        """`x` padded with zeros to a whole batch: one input shape for every call, so the last
-        (or a fallback) batch reuses the compiled kernels instead of building new ones."""
-        short = self.batch_size - int(x.shape[0])
-        if short <= 0:
-            return x
-        return self.tf.concat([x, self.tf.zeros((short, *x.shape[1:]), x.dtype)], 0)
-
-    def compute(self, images, views) -> list[np.ndarray]:
-        """Arrays for one batch, in the plan's dataset order: features/*, then views/*."""
-        n = int(images.shape[0])
-        out = [f.numpy()[:n] for f in self.forward(self.padded(images))]
-        if self.views:
-            flat = self.tf.reshape(self.padded(views), (-1, self.size, self.size, 3))
-            out += [f.numpy().reshape(-1, self.views, *f.shape[1:])[:n]
-                    for f in self.forward(flat)]
-        return out
-
-    def pillow_fallback(self, missing: list[int]):
-        """Retry images TensorFlow dropped with Pillow: (index, images, views, skipped, reasons)."""
-        index, images, views, skipped, reasons = [], [], [], [], []
-        for i in missing:
-            decoded, reason = decode_with_pillow(os.path.join(self.root, self.paths[i]))
-            if decoded is None:
-                skipped.append(i)
-                reasons.append(reason)
-                continue
-            index.append(i)
-            images.append(self.tf.image.resize(decoded, (self.size, self.size)))
-            if self.views:
-                views.append(augmented_views(decoded, i, self.seed, self.views, self.size))
-        return index, images, views, skipped, reasons
-
-    def finish(self, index: list[int], images, views, stop: int) -> None:
-        """Journal plan items [covered, stop): the batch TF decoded plus Pillow's retries."""
-        missing = sorted(set(range(self.covered, stop)) - set(index))
-        extra_index, extra_images, extra_views, skipped, reasons = self.pillow_fallback(missing)
-        arrays = self.compute(images, views) if len(index) else None
-        if extra_images:
-            stack = self.tf.stack
-            extra = self.compute(stack(extra_images), stack(extra_views) if self.views else None)
-            order = np.argsort(index + extra_index, kind="stable")
-            arrays = extra if arrays is None else [np.concatenate([a, b])[order]
-                                                   for a, b in zip(arrays, extra)]
-            index = sorted(index + extra_index)
-        if arrays is None:
-            arrays = [np.zeros((0, *shape), np.float32) for shape in self.shapes]
-        self.pending.append(self.writer.submit(self.journal.save_batch, stop, index, arrays,
-                                               skipped, reasons))
-        while self.pending and self.pending[0].done():
-            self.pending.pop(0).result()   # re-raise a failed write (e.g. disk full) promptly
-        self.computed += len(index)
-        self.covered = stop
-
-    def close(self) -> None:
-        """Wait for every journal write; re-raise the first that failed."""
-        self.writer.shutdown(wait=True)
-        for future in self.pending:
-            future.result()
-
-
-def _run_batches(plan: ExtractionPlan, journal: Journal, *, start: int, say, on_batch=None):
-    """Forward every image from plan index `start` on. Returns (images computed, steady img/s
-    after the first batch, or None)."""
+def _compute(plan: ExtractionPlan, journal: Journal, *, say, on_batch=None) -> ShardCounts:
+    """Compute every unfinished shard: Ray, one worker process per device, or this process."""
     from tqdm import tqdm
 
-    n = len(journal.plan["paths"])
-    if start >= n:
-        return 0, None
-    runner = _BatchRunner(plan, journal, start)
-    absolute = [os.path.join(runner.root, p) for p in runner.paths[start:]]
-    dataset = image_dataset(absolute, range(start, n), runner.size, runner.batch_size,
-                            views=runner.views, seed=runner.seed)
-    bar = tqdm(total=n, initial=start, unit="img", desc="extract",
+    todo, n = journal.unfinished(), len(journal.plan["paths"])
+    if not todo:
+        return ShardCounts()
+    bar = tqdm(total=n, initial=journal.done(), unit="img", desc="extract",
                disable=not plan.opts.progress, dynamic_ncols=True, smoothing=0.1)
-    batches, steady_from = 0, None
+    batches = [0]
+
+    def batch_done(images: int) -> None:
+        bar.update(images)
+        batches[0] += 1
+        if on_batch is not None:
+            on_batch(batches[0])
+
     try:
-        for index, images, *views in dataset:
-            index = index.numpy().tolist()
-            before = runner.covered
-            runner.finish(index, images, views[0] if views else None, index[-1] + 1)
-            bar.update(runner.covered - before)
-            batches += 1
-            if batches == 1:   # tracing and warm-up are done: time the steady rate from here
-                steady_from = (time.perf_counter(), runner.computed)
-            if on_batch is not None:
-                on_batch(batches)
-        if runner.covered < n:
-            before = runner.covered
-            runner.finish([], None, None, n)
-            bar.update(n - before)
+        if plan.opts.engine == "ray":
+            from bottleneck.engines.ray_engine import run_ray
+
+            return run_ray(plan.opts, plan.settings(), todo, batch_done, say)
+        if len(plan.devices) > 1:
+            say(f"extracting on {len(plan.devices)} devices: "
+                + "; ".join(map(str, plan.devices)))
+            run = run_workers(plan.devices, plan.settings(), todo, batch_done, say)
+            return ShardCounts(run.computed, run.steady)
+        return run_shards(plan.settings(), journal, compiled_forward(plan.model), todo,
+                          batch_done, say)
     finally:
-        runner.close()
         bar.close()
-    return runner.computed, _steady_rate(steady_from, runner.computed)
-
-
-def _steady_rate(steady_from, computed: int) -> float | None:
-    if steady_from is None or computed <= steady_from[1]:
-        return None
-    return (computed - steady_from[1]) / (time.perf_counter() - steady_from[0])
 
 
 def say_summary(result: dict, say) -> None:

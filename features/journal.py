@@ -1,8 +1,10 @@
 """The crash-safe journal of an extraction in progress, from which the final cache is assembled.
 
-`<out>.partial/plan.json` fixes the run (config, image list, labels, split); every finished batch
+`<out>.partial/plan.json` fixes the run (config, image list, labels, split, and its shards: the
+contiguous ranges of the image list that workers compute independently); every finished batch
 lands as one `upto_<stop>.npz` written to a temporary name and renamed, so a kill -9 at any moment
-leaves only whole batches behind. Re-running the same command resumes after the last one.
+leaves only whole batches behind. A batch never crosses a shard's end, so a shard's progress is its
+last batch file, and re-running the same command resumes every shard after its last batch.
 """
 
 from __future__ import annotations
@@ -14,12 +16,34 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 
 from features.atomic import atomic_path, write_json
 from features.errors import UserError
 from features.provenance import CONTENT_KEYS, Provenance
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Plan items [start, stop): the unit one worker computes, batch by batch, in order."""
+
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(n: int, batch_size: int, workers: int, size: int | None = None) -> list[Shard]:
+    """Deterministic contiguous shards of n items: about four per worker (so a slow worker does
+    not hold the end), at most 32 batches each, a whole number of batches each (so the batches
+    are exactly those of an unsharded run); `size` overrides the size."""
+    if size is None:
+        batches = -(-n // (4 * max(1, workers) * batch_size))
+        size = batch_size * min(32, max(1, batches))
+    return [Shard(a, min(a + size, n)) for a in range(0, n, max(1, size))]
 
 
 class Journal:
@@ -85,10 +109,24 @@ class Journal:
         return sorted(p for p in glob.glob(os.path.join(self.dir, "upto_*.npz"))
                       if re.fullmatch(r"upto_\d+\.npz", os.path.basename(p)))
 
+    def shards(self) -> list[Shard]:
+        """The run's shards as its plan fixed them (one shard for journals made before shards)."""
+        plan = self.plan or self.load_plan()
+        return [Shard(a, b) for a, b in plan.get("shards", [[0, len(plan["paths"])]])]
+
+    def progress(self) -> dict[Shard, int]:
+        """For each shard, the first plan item not yet journaled (its stop when finished)."""
+        stops = [int(os.path.basename(p)[5:-4]) for p in self._shards()]
+        return {s: max([t for t in stops if s.start < t <= s.stop], default=s.start)
+                for s in self.shards()}
+
+    def unfinished(self) -> list[Shard]:
+        """What is left to compute: the unfinished rest of each shard, in plan order."""
+        return [Shard(at, s.stop) for s, at in self.progress().items() if at < s.stop]
+
     def done(self) -> int:
-        """How many plan items (in order) are finished: everything before this index."""
-        shards = self._shards()
-        return int(os.path.basename(shards[-1])[5:-4]) if shards else 0
+        """How many plan items are finished, over all shards."""
+        return sum(at - s.start for s, at in self.progress().items())
 
     def save_batch(self, stop: int, index, arrays: list, skipped_index, skipped_reason) -> None:
         """Record one finished batch covering plan items up to `stop` (exclusive), atomically.

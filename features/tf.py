@@ -23,7 +23,10 @@ def _import_quietly() -> dict:
         import keras
         import tensorflow
 
-        tensorflow.config.list_physical_devices()  # runs the CUDA probe (and its log) now
+        for gpu in tensorflow.config.list_physical_devices("GPU"):  # runs the CUDA probe now
+            # take GPU memory as needed, not all of it at start: the parent of extraction's
+            # workers, and featurizer actors sharing a GPU, must leave room for each other
+            tensorflow.config.experimental.set_memory_growth(gpu, True)
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -38,6 +38,19 @@ def add_parser(sub):
                    help="also store K augmented views per image (random resized crop, flip, small "
                         "rotation, colour jitter; seeded by --seed) so heads can train on "
                         "augmented data; costs K extra forward passes per image (default 0)")
+    p.add_argument("--devices", default=None, metavar="N|all",
+                   help="devices to extract on, one worker process each: 'all' (default) is every "
+                        "GPU TensorFlow sees, else the CPU in this process; without GPUs N > 1 runs "
+                        "N CPU workers, each pinned to its share of the cores")
+    p.add_argument("--shard-size", type=int, default=None, metavar="N",
+                   help="images per shard, the unit a worker computes and a resume keeps "
+                        "(default: about four shards per worker, at most 32 batches each)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="'local': this machine's devices (default); 'ray': Ray Data, decoding on "
+                        "CPU workers and one featurizer actor per GPU (pip install -e '.[ray]')")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (e.g. ray://head:10001 or "
+                        "auto); default: start a local Ray on this machine")
     p.add_argument("--out", default=None, metavar="FILE.h5",
                    help="cache file (default features/<data>_<backbone>[-a<alpha>]_<layer or Nlayers>"
                         "_<pool>_<size>.h5)")
