@@ -192,20 +192,20 @@ def _score_test(pipeline, data: _Data, opts: FitOptions):
     cache = data.cache
     if not len(data.test):
         return None, "", None, None
-    if data.route == "out-of-core":
+    if not data.tta:
         parts, ys = [], []
-        # blocks in row order (no rng), so proba and y follow data.test as in memory
+        # blocks in row order (no rng), so proba and y follow data.test; a block at a time so
+        # that scoring a large test split holds no copy of its features
         for idx, X in cache.iter_chunks(data.layers, data.test, block_rows_for(data.dim)):
             parts.append(pipeline.predict_proba(X))
             ys.append(cache.labels[idx])
         proba, y = np.concatenate(parts), np.concatenate(ys)
-    else:
+    else:   # the mean over the plain view and every augmented view
         proba = pipeline.predict_proba(cache.features(data.layers, data.test))
-        if data.tta:   # the mean over the plain view and every augmented view
-            views = data.view_rows(data.test)
-            for k in range(views.shape[1]):
-                proba = proba + pipeline.predict_proba(views[:, k])
-            proba = proba / (1 + views.shape[1])
+        views = data.view_rows(data.test)
+        for k in range(views.shape[1]):
+            proba = proba + pipeline.predict_proba(views[:, k])
+        proba = proba / (1 + views.shape[1])
         y = cache.labels[data.test]
     names = cache.class_names
     metrics = test_metrics(y, proba, names, top_k=(1, opts.top_k))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 PRECONDITIONER_RANK = 128
-PRECONDITIONER_ROWS = 20_000   # rows of X the randomised SVD looks at (a preconditioner is approximate)
+PRECONDITIONER_ROWS = 8_192   # rows of X the randomised SVD looks at (a preconditioner is approximate)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Preconditioner:
         return Preconditioner(np.ascontiguousarray(vt.T, dtype=np.float64), s**2 / len(rows))
 
 
-BLOCK_ROWS = 16_384
+BLOCK_ROWS = 8_192
 
 
 def _blocks(n: int):
