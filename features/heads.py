@@ -33,7 +33,6 @@ SCALINGS = ("standard", "l2", "l2+standard", "none")
 SVM_C_GRID = (1e-4, 1e-3, 1e-2)
 LOGISTIC_C_GRID = (1e-3, 1e-2, 1e-1)
 KERNEL_C_GRID = (1.0, 10.0)
-HOLDOUT_ABOVE = 20_000   # training rows above which CV is one stratified hold-out fold
 KERNEL_MAX_ROWS = 15_000  # training rows above which a kernel SVM is not fitted (O(n^2) kernel)
 
 
@@ -115,10 +114,11 @@ def check_labels(y, class_names, where="train split"):
 def cv_splitter(y, folds: int, seed: int, groups=None):
     """Stratified k-fold on the train split; with `groups` (the image of each augmented view),
     every view of an image stays in one fold, so CV never scores an image whose views it saw.
-    Above HOLDOUT_ABOVE training rows, only the first fold is used: one stratified hold-out of
+    Above search.HOLDOUT_ABOVE training rows, only the first fold is used: one stratified hold-out of
     1/k of the rows, which at that size measures accuracy to a fraction of a point at 1/k of the
     cost."""
     from features.estimators import FirstSplit, smallest_class, stratified_folds
+    from features.search import is_large
 
     smallest = smallest_class(y, groups)
     folds = min(int(folds), smallest)
@@ -126,7 +126,7 @@ def cv_splitter(y, folds: int, seed: int, groups=None):
         raise UserError(f"the train split has only {smallest} image(s) in some class; "
                         "cross-validation needs at least 2 per class: add images")
     splitter = stratified_folds(folds, seed, groups)
-    return FirstSplit(splitter) if len(y) > HOLDOUT_ABOVE else splitter
+    return FirstSplit(splitter) if is_large(len(y)) else splitter
 
 
 def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="standard", pca=None,

@@ -120,9 +120,11 @@ def fit_scaler(scaler, X, rows=None):
     return scaler
 
 
-def is_large(n_rows: int) -> bool:
-    from features.heads import HOLDOUT_ABOVE
+HOLDOUT_ABOVE = 20_000   # training rows above which CV is one stratified hold-out fold
 
+
+def is_large(n_rows: int) -> bool:
+    """Above HOLDOUT_ABOVE rows: one hold-out fold, lean memory (README, "Large training sets")."""
     return n_rows > HOLDOUT_ABOVE
 
 
@@ -285,6 +287,4 @@ def blas_threads(n_rows: int, n_jobs: int):
     HOLDOUT_ABOVE rows, where products are large enough to share, one below."""
     from threadpoolctl import threadpool_limits
 
-    from features.heads import HOLDOUT_ABOVE
-
-    return threadpool_limits(n_workers(n_jobs, 1 << 16) if n_rows > HOLDOUT_ABOVE else 1)
+    return threadpool_limits(n_workers(n_jobs, 1 << 16) if is_large(n_rows) else 1)

@@ -131,58 +131,72 @@ def _loss_and_grad_z(z: np.ndarray, target: np.ndarray, weight: np.ndarray, loss
     return value, grad[:, 1:] if binary else grad
 
 
+class _Problem:
+    """The scaled objective of fit_linear over params = [V (d x k) flattened, b (k)], with
+    W = P V: its value and gradient, a block of rows at a time."""
+
+    def __init__(self, X, y_index, n_classes, loss, weight, ridge, preconditioner):
+        self.X, self.y_index, self.n_classes, self.loss = X, y_index, n_classes, loss
+        self.weight, self.ridge = weight, ridge
+        source, shift, inverse = _affine(X)
+        self.raw = source.raw if isinstance(source, Standardized) else source.__getitem__
+        self.n, self.d = X.shape
+        self.shift, self.inverse = np.ones(self.d) * shift, np.ones(self.d) * inverse
+        self.k = 1 if n_classes == 2 else n_classes
+        self.gap, self.rest = preconditioner.scales(1.0 if loss == "hinge" else 0.5, ridge)
+        self.basis = preconditioner.basis
+
+    def precondition(self, v):   # P v for v (d, k); P is symmetric
+        return self.basis @ (self.gap[:, None] * (self.basis.T @ v)) + self.rest * v
+
+    def unprecondition(self, w):   # P^-1 w: the warm start's weights in the new basis
+        inverse_gap = 1.0 / (self.gap + self.rest) - 1.0 / self.rest
+        return self.basis @ (inverse_gap[:, None] * (self.basis.T @ w)) + w / self.rest
+
+    def split(self, params):
+        d, k = self.d, self.k
+        return params[:d * k].reshape(d, k), params[d * k:]
+
+    def __call__(self, params):
+        v, b = self.split(params)
+        w = self.precondition(v)
+        value = 0.5 * self.ridge * float((w * w).sum())
+        w_raw = (w * self.inverse[:, None]).astype(np.float32)   # the scaling, folded in
+        b_raw = (b - self.shift @ w).astype(np.float32)
+        xt_g, g_sum = np.zeros((self.d, self.k)), np.zeros(self.k)
+        for rows in _blocks(self.n):   # bounded memory: (block, k) temporaries
+            block = self.raw(rows)
+            part, grad_z = _loss_and_grad_z(
+                block @ w_raw + b_raw, _targets(self.y_index[rows], self.n_classes, self.loss),
+                self.weight[rows], self.loss)
+            value += part
+            xt_g += block.T @ grad_z
+            g_sum += grad_z.sum(axis=0, dtype=np.float64)
+        grad_w = self.inverse[:, None] * xt_g - np.outer(self.shift, g_sum) + self.ridge * w
+        return value, np.concatenate([self.precondition(grad_w).ravel(), g_sum])
+
+
 def fit_linear(X, y_index, n_classes: int, *, C: float, loss: str, sample_weight=None,
                preconditioner: Preconditioner | None = None, init: LinearFit | None = None,
                max_iter: int = 500, tol: float = 1e-6) -> LinearFit:
     """Minimise C * sum_i w_i loss_i + |W|^2 / 2 (intercept not penalised) over W, b.
 
     loss: "logistic" (multinomial cross-entropy; binary: the logistic loss) or "hinge" (squared
-    hinge, one-vs-rest). Scaled by 1 / (C sum w) inside, which leaves the minimum unchanged.
+    hinge, one-vs-rest). X: a float32 array or a Standardized view. Scaled by 1 / (C sum w)
+    inside, which leaves the minimum unchanged.
     """
     from scipy.optimize import minimize
 
     X = X if isinstance(X, Standardized) else np.asarray(X)
-    source, shift, inverse = _affine(X)
-    raw = source.raw if isinstance(source, Standardized) else source.__getitem__
-    n, d = X.shape
-    weight = np.ones(n) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    weight = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     total = weight.sum()
-    weight = weight / total
-    ridge = 1.0 / (C * total)
-    y_index = np.asarray(y_index)
-    k = 1 if n_classes == 2 else n_classes
-    pre = preconditioner or Preconditioner.of(X)
-    gap, rest = pre.scales(1.0 if loss == "hinge" else 0.5, ridge)
-    basis = pre.basis
-
-    def precondition(v):   # P v for v (d, k); P is symmetric
-        return basis @ (gap[:, None] * (basis.T @ v)) + rest * v
-
-    def objective(params):
-        v, b = params[:d * k].reshape(d, k), params[d * k:]
-        w = precondition(v)
-        value = 0.5 * ridge * float((w * w).sum())
-        w_raw = (w * (np.ones(d) * inverse)[:, None]).astype(np.float32)   # the scaling, folded
-        b_raw = (b - (np.ones(d) * shift) @ w).astype(np.float32)
-        xt_g, g_sum = np.zeros((d, k)), np.zeros(k)
-        for rows in _blocks(n):   # bounded memory: (block, k) temporaries, whatever n and k
-            block = raw(rows)
-            part, grad_z = _loss_and_grad_z(block @ w_raw + b_raw,
-                                            _targets(y_index[rows], n_classes, loss),
-                                            weight[rows], loss)
-            value += part
-            xt_g += block.T @ grad_z
-            g_sum += grad_z.sum(axis=0, dtype=np.float64)
-        grad_w = (np.ones(d) * inverse)[:, None] * xt_g - np.outer(np.ones(d) * shift, g_sum)
-        return value, np.concatenate([precondition(grad_w + ridge * w).ravel(), g_sum])
-
-    start = np.zeros(d * k + k)
-    if init is not None:   # warm start: express the previous solution in the new basis
-        inverse_gap = 1.0 / (gap + rest) - 1.0 / rest
-        w0 = init.coef.T
-        start[:d * k] = (basis @ (inverse_gap[:, None] * (basis.T @ w0)) + w0 / rest).ravel()
-        start[d * k:] = init.intercept
-    result = minimize(objective, start, jac=True, method="L-BFGS-B",
+    problem = _Problem(X, np.asarray(y_index), n_classes, loss, weight / total,
+                       1.0 / (C * total), preconditioner or Preconditioner.of(X))
+    start = np.zeros(problem.d * problem.k + problem.k)
+    if init is not None:   # warm start from the previous C's solution
+        start[:problem.d * problem.k] = problem.unprecondition(init.coef.T).ravel()
+        start[problem.d * problem.k:] = init.intercept
+    result = minimize(problem, start, jac=True, method="L-BFGS-B",
                       options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-10})
-    v, b = result.x[:d * k].reshape(d, k), result.x[d * k:]
-    return LinearFit(precondition(v).T.copy(), b.copy(), int(result.nfev))
+    v, b = problem.split(result.x)
+    return LinearFit(problem.precondition(v).T.copy(), b.copy(), int(result.nfev))

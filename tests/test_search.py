@@ -11,6 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from features import heads
 from features.estimators import LinearLogistic, TemperedKernelSVC, TemperedLinearSVC
+from features import search as search_module
 from features.search import FoldSet, fit_prefix, search
 from features.solvers import Preconditioner, _loss_and_grad_z, _targets
 from tests.helpers import blobs, write_synthetic_cache
@@ -78,7 +79,7 @@ def test_search_scores_every_candidate_like_gridsearchcv(kind):
 
 
 def test_lean_preprocessing_of_large_data_equals_fit_transform(monkeypatch):
-    monkeypatch.setattr(heads, "HOLDOUT_ABOVE", 100)
+    monkeypatch.setattr(search_module, "HOLDOUT_ABOVE", 100)
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(20_000, 8)) * 5 + 3).astype(np.float32)
     expected = StandardScaler().fit_transform(X)
@@ -90,10 +91,10 @@ def test_lean_preprocessing_of_large_data_equals_fit_transform(monkeypatch):
 def test_cv_is_one_stratified_holdout_above_the_threshold(monkeypatch):
     y = np.repeat(np.arange(3), 50)
     assert heads.cv_splitter(y, 5, 0).get_n_splits() == 5
-    monkeypatch.setattr(heads, "HOLDOUT_ABOVE", 100)
+    monkeypatch.setattr(search_module, "HOLDOUT_ABOVE", 100)
     splits = list(heads.cv_splitter(y, 5, 0).split(np.zeros((150, 1)), y))
     assert len(splits) == 1
-    fit, held = splits[0]
+    _, held = splits[0]
     assert len(held) == 30 and np.bincount(y[held]).tolist() == [10, 10, 10]
 
 
@@ -126,10 +127,9 @@ def test_fit_skips_a_kernel_svm_on_many_rows_and_fit_svm_refuses_it(tmp_path, mo
 def test_large_linear_heads_read_standardized_views_and_match_scaled_copies(monkeypatch):
     """Above the size threshold, linear heads never copy the scaled training rows; the views
     give the candidates' scores and the final head of the scaled copies."""
-    from features import search as search_module
     from features.solvers import Standardized
 
-    monkeypatch.setattr(heads, "HOLDOUT_ABOVE", 100)
+    monkeypatch.setattr(search_module, "HOLDOUT_ABOVE", 100)
     X, y = blobs(n_per_class=150, k=3, d=10, sep=1.0)
     X = X * 3 + 2
     pipe, grid = heads.make_pipeline("svm"), heads.param_grid("svm")
