@@ -22,13 +22,23 @@ def local_ray():
     ray.shutdown()
 
 
-def test_ray_engine_equals_the_local_route(local_ray, tiny_copy, tmp_path):
+def test_ray_engine_equals_the_local_route(local_ray, tiny_copy, tmp_path, monkeypatch):
+    """...and the driver hands Ray one item per shard (never one per image)."""
+    items = []
+
+    def recording(rows, *a, **k):
+        items.append(len(rows))
+        return from_items(rows, *a, **k)
+
+    from_items = ray.data.from_items
+    monkeypatch.setattr(ray.data, "from_items", recording)
     with open(os.path.join(tiny_copy, sorted(os.listdir(tiny_copy))[0], "zz_broken.png"),
               "wb") as f:
         f.write(b"not a png")
     local = extract(tiny_copy, tmp_path / "local.h5", batch_size=4, shard_size=8)
     ours = extract(tiny_copy, tmp_path / "ray.h5", batch_size=4, shard_size=8, engine="ray")
     assert ours["n_computed"] == local["n_computed"] == 24 and ours["n_skipped"] == 1
+    assert items == [4]   # 25 images, shards of 8
     assert_same_cache(local["path"], ours["path"])
 
 
