@@ -53,7 +53,8 @@ def check_flags(args):
     if args.csv:
         check_writable(args.csv, "--csv")
     if args.out and out_format(args.out) is None:
-        raise UserError(f"--out {args.out}: name it .csv or .jsonl (the extension picks the format)")
+        raise UserError(f"--out {args.out}: name it .csv or .jsonl (its extension picks the "
+                        "format)")
     if args.out:
         check_writable(args.out, "--out")
     if args.tta < 0:

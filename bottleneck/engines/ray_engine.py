@@ -1,10 +1,11 @@
 """`extract --engine ray`: the unfinished shards through Ray Data, into the same journal.
 
-The driver hands Ray one item per unfinished shard (never one per image: a million images are a
-few thousand shards), cut into batch ranges inside Ray; decoding runs as Ray tasks on CPU workers,
-which read the paths of their range from the journal's plan; one featurizer actor per GPU (num_gpus=1; on a cluster
-without GPUs, CPU actors) builds our network once from the journal's provenance (BatchNorm folded,
-the run's precision, memory growth on) and runs our traced forward function. Every row carries
+The driver hands Ray one item per unfinished shard (never one per image: at the default sizes a
+million images are about a thousand shards), cut into batch ranges inside Ray; decoding runs as
+Ray tasks on CPU workers, which read the paths of their range from the journal's plan; one
+featurizer actor per GPU (num_gpus=1; on a cluster without GPUs, CPU actors) builds our network
+once from the journal's provenance (BatchNorm folded, the run's precision, memory growth on) and
+runs our traced forward function. Every row carries
 its plan index, so the driver puts rows back in order whatever the scheduling, and journals each
 shard, once all its rows are back, as one batch file: resume and assembly are those of the local
 engine. Images and the output folder must be readable (and the output writable) at the same path
