@@ -120,3 +120,16 @@ def test_predict_csv_that_is_a_folder_is_refused_before_work(fitted, tmp_path, c
                  str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--csv" in err[0] and "is a folder" in err[0]
+
+
+def test_out_file_rows_equal_the_printed_rows(fitted, tmp_path, capsys):
+    """--out FILE.jsonl (the streaming path) writes exactly the rows --json prints."""
+    weights()
+    assert main(["predict", fitted["data"], "--model", fitted["head"], "--json"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    weights()
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", fitted["data"], "--model", fitted["head"], "--out", str(out),
+                 "--batch-size", "5"]) == 0
+    assert out.read_text().splitlines() == printed
+    assert "p.jsonl" in capsys.readouterr().out and os.listdir(tmp_path) == ["p.jsonl"]

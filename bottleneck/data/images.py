@@ -45,31 +45,65 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
 
 
-def walk_images(folder: str, seen: set | None = None, tree: str | None = None):
-    """Sorted image files below `folder` (recursively), and how many other files were seen.
+@dataclass
+class WalkState:
+    """What a walk remembers, bounded by folders and links, never by images: the real folders
+    entered (each is listed once), the real targets of file links listed, and the files skipped
+    as not images."""
+
+    entered: set = field(default_factory=set)
+    linked: set = field(default_factory=set)
+    ignored: int = 0
+
+
+def iter_images(folder: str, state: WalkState | None = None, tree: str | None = None):
+    """Yield the image files below `folder` (recursively, sorted), lazily, one folder at a time.
 
     Symbolic links are followed where they lead out of `tree` (the data folder; default `folder`):
     a class folder may live on another disk. A link back into the tree or up to an ancestor
     (`a/loop -> ..`) is not followed: those images are listed in their own place, or the walk
     would repeat the tree under another class. A file is listed once, however many links lead to
-    it; `seen` carries the real paths already listed across calls (scan_folder's classes).
+    it; `state` carries what was listed across calls (scan_folder's classes, predict's inputs).
     """
-    seen = set() if seen is None else seen
+    state = WalkState() if state is None else state
     tree = os.path.realpath(tree or folder)
-    found, ignored, entered = [], 0, set()
     for base, dirs, files in os.walk(folder, followlinks=True):
-        entered.add(os.path.realpath(base))
+        real_base = os.path.realpath(base)
+        if real_base in state.entered:   # reached twice (two links, or overlapping inputs)
+            dirs[:] = []
+            continue
+        state.entered.add(real_base)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and _enter(os.path.join(base, d), tree, entered))
+                         and _enter(os.path.join(base, d), tree, state.entered))
         for name in sorted(files):
             if not is_image_file(name):
-                ignored += 1
-                continue
-            real = os.path.realpath(os.path.join(base, name))
-            if real not in seen:
-                seen.add(real)
-                found.append(os.path.join(base, name))
-    return found, ignored
+                state.ignored += 1
+            elif _first_visit(os.path.join(base, name), real_base, name, state):
+                yield os.path.join(base, name)
+
+
+def _first_visit(path: str, real_base: str, name: str, state: WalkState) -> bool:
+    """Whether `path` is the one listing of its file: a plain file is, unless a link to it was
+    listed first; a link is, unless its target is listed in its own (entered) folder."""
+    if not os.path.islink(path):
+        return os.path.join(real_base, name) not in state.linked
+    real = os.path.realpath(path)
+    if real in state.linked:
+        return False
+    target_dir, target = os.path.split(real)
+    if target_dir in state.entered and is_image_file(target) and os.path.exists(real):
+        return False   # listed (or about to be, same folder) under its own name
+    state.linked.add(real)
+    return True
+
+
+def walk_images(folder: str, state: WalkState | None = None, tree: str | None = None):
+    """Sorted image files below `folder` as a list (see iter_images), and how many other files
+    this walk saw."""
+    state = WalkState() if state is None else state
+    before = state.ignored
+    found = list(iter_images(folder, state, tree))
+    return found, state.ignored - before
 
 
 def readable_name(path: str) -> str | None:
@@ -116,13 +150,13 @@ def scan_folder(root: str) -> ImageFolder:
     if not class_names:
         raise UserError(f"{root} has no class sub-folders; expected e.g. {root}/cats/*.jpg and "
                         f"{root}/dogs/*.jpg")
-    paths, labels, split, ignored, seen, rejected = [], [], [], 0, set(), []
+    paths, labels, split, ignored, state, rejected = [], [], [], 0, WalkState(), []
     for group, code in groups:
         for label, name in enumerate(class_names):
             folder = os.path.join(root, group, name)
             if not os.path.isdir(folder):
                 continue
-            files, skipped = walk_images(folder, seen, tree=root)
+            files, skipped = walk_images(folder, state, tree=root)
             ignored += skipped
             for path in files:
                 rel = os.path.relpath(path, root).replace(os.sep, "/")

@@ -1,8 +1,11 @@
 """`extract --engine ray`: the unfinished shards through Ray Data, into the same journal.
 
-Decoding runs as Ray tasks on CPU workers; one featurizer actor per GPU (num_gpus=1; on a cluster
-without GPUs, CPU actors) builds our network once from the journal's provenance (BatchNorm folded,
-the run's precision, memory growth on) and runs our traced forward function. Every row carries
+The driver hands Ray one item per unfinished shard (never one per image: at the default sizes a
+million images are about a thousand shards), cut into batch ranges inside Ray; decoding runs as
+Ray tasks on CPU workers, which read the paths of their range from the journal's plan; one
+featurizer actor per GPU (num_gpus=1; on a cluster without GPUs, CPU actors) builds our network
+once from the journal's provenance (BatchNorm folded, the run's precision, memory growth on) and
+runs our traced forward function. Every row carries
 its plan index, so the driver puts rows back in order whatever the scheduling, and journals each
 shard, once all its rows are back, as one batch file: resume and assembly are those of the local
 engine. Images and the output folder must be readable (and the output writable) at the same path
@@ -12,6 +15,7 @@ from every node: a shared filesystem.
 from __future__ import annotations
 
 import bisect
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -30,6 +34,29 @@ def check_ray(opts) -> None:
     if opts.views:
         raise UserError("--engine ray does not compute --views yet; drop --views, or use the "
                         "local engine (--devices)")
+
+
+def batch_ranges(shard: dict, batch_size: int) -> list[dict]:
+    """The batches of one shard as {start, stop} rows (the rows Ray Data carries: one per batch,
+    never one per image)."""
+    return [{"start": a, "stop": min(a + batch_size, shard["stop"])}
+            for a in range(shard["start"], shard["stop"], batch_size)]
+
+
+@functools.lru_cache(maxsize=2)
+def _plan_paths(out: str, mtime_ns: int) -> list[str]:
+    """The plan's image list, read once per worker process (and again if the plan changes)."""
+    journal = Journal(out)
+    return journal.load_plan()["paths"]
+
+
+def decode_range(batch: dict, out: str, root: str, size: int) -> dict:
+    """CPU task: the images of one {start, stop} batch of the plan, as decode_rows returns them;
+    the paths are read from the journal's plan on the worker (the driver sends only ranges)."""
+    plan = os.path.join(Journal(out).dir, "plan.json")
+    paths = _plan_paths(out, os.stat(plan).st_mtime_ns)
+    start, stop = int(batch["start"][0]), int(batch["stop"][0])
+    return decode_rows({"index": np.arange(start, stop), "path": paths[start:stop]}, root, size)
 
 
 def decode_rows(batch: dict, root: str, size: int) -> dict:
@@ -95,9 +122,8 @@ def run_ray(opts, settings: BatchSettings, todo: list[Shard], on_batch, say) -> 
     _start_ray(opts.address, say)
     journal = Journal(settings.out)
     journal.load_plan()
-    paths = journal.plan["paths"]
-    items = [{"index": i, "path": paths[i]} for s in todo for i in range(s.start, s.stop)]
-    stream = _pipeline(ray, items, settings, opts.progress)
+    shards = [{"start": s.start, "stop": s.stop} for s in todo]
+    stream = _pipeline(ray, shards, settings, opts.progress)
     pending = {s.start: _Pending(s) for s in todo}
     starts, counts = sorted(pending), ShardCounts()
     n_datasets = len(journal.plan["datasets"])
@@ -134,17 +160,19 @@ def _start_ray(address: str | None, say) -> None:
         raise UserError(f"--address {address}: cannot reach a Ray cluster there ({exc})") from exc
 
 
-def _pipeline(ray, items: list[dict], settings: BatchSettings, progress: bool):
-    """Decode on CPU tasks, then one featurizer actor per GPU (CPU actors without GPUs)."""
+def _pipeline(ray, shards: list[dict], settings: BatchSettings, progress: bool):
+    """Shards cut into batch ranges, each decoded on a CPU task, then one featurizer actor per
+    GPU (CPU actors without GPUs)."""
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = progress
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     actors = gpus or max(1, int(resources.get("CPU", 1)) // 2)
-    ds = ray.data.from_items(items)
-    ds = ds.map_batches(decode_rows, fn_kwargs={"root": settings.root,
-                                                "size": settings.image_size},
-                        batch_size=settings.batch_size, batch_format="numpy", num_cpus=1)
+    ds = ray.data.from_items(shards).flat_map(batch_ranges,
+                                              fn_kwargs={"batch_size": settings.batch_size})
+    ds = ds.map_batches(decode_range, fn_kwargs={"out": settings.out, "root": settings.root,
+                                                 "size": settings.image_size},
+                        batch_size=1, batch_format="numpy", num_cpus=1)
     return ds.map_batches(Featurizer, fn_constructor_kwargs={"settings": settings},
                           batch_size=settings.batch_size, batch_format="numpy",
                           concurrency=actors, num_gpus=1 if gpus else 0,

@@ -7,6 +7,7 @@ bottleneck.finetune.model (predict depends on finetune, never the reverse).
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, replace
 from functools import partial
@@ -95,28 +96,44 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
                      predict_images, info)
 
 
-def collect_images(inputs) -> list[str]:
-    """Image files named directly, or found (sorted, recursively) under folders."""
-    from bottleneck.data.images import walk_images
+def iter_inputs(inputs):
+    """Image files named directly, or found (sorted, recursively, lazily) under folders; an
+    image reached twice (overlapping folders, links) is listed once."""
+    from bottleneck.data.images import WalkState, iter_images
 
-    found = []
+    state = WalkState()   # the same walk as extract's, sharing what it saw across the inputs
     for item in inputs:
         if os.path.isdir(item):
-            found.extend(walk_images(item)[0])   # the same walk as extract's
+            yield from iter_images(item, state)
         else:
-            found.append(item)   # missing or unreadable files are reported per image
-    if not found:
+            yield item   # missing or unreadable files are reported per image
+
+
+def collect_images(inputs):
+    """The images of `inputs` as a lazy iterator (nothing holds the whole list); inputs without
+    a single image are refused before any work."""
+    images = iter_inputs(inputs)
+    first = next(images, None)
+    if first is None:
         raise UserError(f"no images found in {', '.join(inputs)}")
-    return found
+    return itertools.chain([first], images)
+
+
+def batches(items, size: int):
+    """(index of the first item, list of up to `size` items) over any iterable, lazily."""
+    items, start = iter(items), 0
+    while chunk := list(itertools.islice(items, size)):
+        yield start, chunk
+        start += len(chunk)
 
 
 def predict_paths(predictor: Predictor, paths, batch_size: int = 32, tta: int = 0, seed: int = 0):
-    """Yield (path, probabilities or None, reason or None) for each path, in order.
+    """Yield (path, probabilities or None, reason or None) for each path, in order; `paths` may
+    be any iterable (read one batch at a time).
 
     With `tta` N, each image's probabilities are the mean over its plain view and N seeded
     augmented views (the same augmentation as `extract --views`)."""
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
+    for start, chunk in batches(paths, batch_size):
         images, ok, bad = _load(predictor, chunk)
         proba = predictor.predict_images(images) if len(ok) else np.zeros((0, 0))
         if tta and len(ok):
