@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from bottleneck.predict.predictor import Predictor, head_features
+from bottleneck.predict.base import Predictor, head_features
 from features.ensemble import load_ensemble
 
 

@@ -9,25 +9,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
-from typing import Callable
 
 import numpy as np
 
+from bottleneck.predict.base import Predictor, head_features
 from features.errors import UserError
-
-
-@dataclass
-class Predictor:
-    kind: str                                   # 'head' or 'keras'
-    path: str
-    class_names: list[str]
-    image_size: int
-    predict_images: Callable[[np.ndarray], np.ndarray]   # float32 (n, s, s, 3) in [0,255] -> (n, k)
-    info: dict
-    # several input sizes (an ensemble): predict_images then takes {size: images at that size}
-    image_sizes: tuple[int, ...] = ()
 
 
 def load_predictor(path: str, weights: str | None = None) -> Predictor:
@@ -55,17 +43,6 @@ def load_keras_predictor(path: str) -> Predictor:
     return Predictor(kind="keras", path=path, class_names=network.class_names,
                      image_size=network.image_size, predict_images=batch_predictor(network),
                      info=network.origin)
-
-
-def head_features(outputs, prov) -> np.ndarray:
-    """Flattened, concatenated features of a head's feature_layers from the network's outputs
-    (one per tap, in prov.layers order)."""
-    taps = list(prov.layers)
-    parts = []
-    for layer in prov.taps:
-        out = np.asarray(outputs[taps.index(layer)])
-        parts.append(out.reshape(len(out), -1))
-    return np.concatenate(parts, axis=1)
 
 
 def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
