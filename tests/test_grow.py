@@ -174,3 +174,18 @@ def test_a_cache_from_before_growth_reads_as_generation_zero(tmp_path):
     with Cache(path) as c:
         assert c.provenance().generation == 0 and c.provenance().lineage == ()
         assert c.summary()["generation"] == 0
+
+
+def test_views_of_old_rows_are_copied_when_the_cache_grows(tiny_copy, tmp_path):
+    held = _shrink(tiny_copy, str(tmp_path / "held"))
+    out = extract(tiny_copy, tmp_path / "v.h5", views=2)["path"]
+    with Cache(out) as c:
+        old = dict(zip(c.paths, c.views(c.layers)))
+    _grow(tiny_copy, str(tmp_path / "held"))
+    assert extract(tiny_copy, out, views=2)["n_computed"] == len(held)
+    with Cache(out) as c:
+        views = c.views(c.layers)
+        assert views.shape[:2] == (24, 2) and np.isfinite(views).all()
+        for path, v in zip(c.paths, views):
+            if path in old:
+                np.testing.assert_array_equal(v, old[path])
