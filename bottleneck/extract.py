@@ -320,8 +320,8 @@ def _merged_columns(old: Cache, growth: Growth, saved: dict, ok, is_new, index) 
 
 def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
     """Continue a matching journal, or start one with the plan's image list, labels and split."""
-    if journal.exists and plan.opts.overwrite:
-        journal.discard()
+    if journal.exists and (plan.opts.overwrite or "base" in journal.load_plan()):
+        journal.discard()   # an update's journal is no first extraction (its cache is gone)
     if journal.exists:
         journal.check_matches(plan.provenance)
         saved = journal.plan

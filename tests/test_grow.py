@@ -189,3 +189,13 @@ def test_views_of_old_rows_are_copied_when_the_cache_grows(tiny_copy, tmp_path):
         for path, v in zip(c.paths, views):
             if path in old:
                 np.testing.assert_array_equal(v, old[path])
+
+
+def test_an_update_journal_without_its_cache_starts_a_full_extraction(grown):
+    def stop(n):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        extract(grown["data"], grown["out"], batch_size=4, on_batch=stop)
+    os.remove(grown["out"])
+    result = extract(grown["data"], grown["out"], batch_size=4)
+    assert result["n_images"] == 29 and result["generation"] == 0 and not result["resumed"]
