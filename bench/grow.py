@@ -50,6 +50,22 @@ def split_folder(src: str, dest: str, held: str, every: int) -> int:
     return moved
 
 
+def compare(grown: str, fresh: str) -> dict:
+    """The grown cache against the fresh one: largest feature difference, and each class's
+    test share in the grown cache."""
+    import numpy as np
+
+    sys.path.insert(0, ROOT)
+    from features.store import Cache
+
+    with Cache(grown) as g, Cache(fresh) as f:
+        assert g.paths == f.paths
+        diff = float(np.abs(g.features(g.layers) - f.features(f.layers)).max())
+        shares = {name: round(float((g.split[g.labels == k] == 2).mean()), 3)
+                  for k, name in enumerate(g.class_names)}
+    return {"max_feature_diff": diff, "test_share_per_class": shares}
+
+
 def one_round(work: str, args) -> dict:
     """Grow once: base extraction, then the update and a fresh full extraction."""
     data, held = os.path.join(work, "flowers"), os.path.join(work, "held")
@@ -61,6 +77,7 @@ def one_round(work: str, args) -> dict:
     update_s, update = extract(data, os.path.join(work, "grown.h5"), args.weights)
     noop_s, noop = extract(data, os.path.join(work, "grown.h5"), args.weights)
     full_s, full = extract(data, os.path.join(work, "fresh.h5"), args.weights)
+    same = compare(os.path.join(work, "grown.h5"), os.path.join(work, "fresh.h5"))
     assert noop["already_complete"] and update["n_computed"] == new and full["n_images"] == update["n_images"]
     return {"new": new, "base_images": base["n_images"], "base_s": round(base_s, 2),
             "update_s": round(update_s, 2), "update_run_s": update["seconds"],
@@ -68,7 +85,7 @@ def one_round(work: str, args) -> dict:
             "noop_s": round(noop_s, 2), "ratio_command": round(update_s / full_s, 3),
             "ratio_beyond_startup": round((update_s - noop_s) / (full_s - noop_s), 3),
             "ratio_run": round(update["seconds"] / full["seconds"], 3),
-            "n_images": update["n_images"]}
+            "n_images": update["n_images"], **same}
 
 
 def main() -> None:
