@@ -199,3 +199,15 @@ def test_an_update_journal_without_its_cache_starts_a_full_extraction(grown):
     os.remove(grown["out"])
     result = extract(grown["data"], grown["out"], batch_size=4)
     assert result["n_images"] == 29 and result["generation"] == 0 and not result["resumed"]
+
+
+def test_an_update_runs_on_worker_processes_too(tiny_copy, tmp_path):
+    held = _shrink(tiny_copy, str(tmp_path / "held"))
+    out = extract(tiny_copy, tmp_path / "w.h5", batch_size=2)["path"]
+    _grow(tiny_copy, str(tmp_path / "held"))
+    result = extract(tiny_copy, out, batch_size=2, shard_size=2, devices="2")
+    assert result["n_computed"] == len(held) and result["n_images"] == 24
+    fresh = extract(tiny_copy, tmp_path / "fresh.h5", batch_size=2)["path"]
+    with Cache(out) as a, Cache(fresh) as b:
+        assert a.paths == b.paths
+        np.testing.assert_allclose(a.features(a.layers), b.features(b.layers), atol=1e-5)
