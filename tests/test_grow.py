@@ -211,3 +211,17 @@ def test_an_update_runs_on_worker_processes_too(tiny_copy, tmp_path):
     with Cache(out) as a, Cache(fresh) as b:
         assert a.paths == b.paths
         np.testing.assert_allclose(a.features(a.layers), b.features(b.layers), atol=1e-5)
+
+
+def test_a_presplit_tree_grows_by_its_folders(tmp_path):
+    from bottleneck.data.synthetic import make_image_folder
+
+    data = tmp_path / "data"
+    for split, seed in (("train", 0), ("val", 1), ("test", 2)):
+        make_image_folder(str(data / split), n_per_class=3, size=32,
+                          patterns=("stripes", "dots"), seed=seed)
+    out = extract(str(data), tmp_path / "f.h5")["path"]
+    shutil.copy(data / "test" / "dots" / sorted(os.listdir(data / "test" / "dots"))[0],
+                data / "test" / "dots" / "extra.png")
+    result = extract(str(data), out)
+    assert result["added"] == ["test/dots/extra.png"] and result["split"]["test"] == 7
