@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -32,6 +32,7 @@ from bottleneck.data.images import ImageFolder, scan_folder
 from bottleneck.shards import BatchSettings, ShardCounts, run_shards
 from bottleneck.worker import Device, count_gpus, pick_devices, run_workers, usable_cores
 from features.atomic import check_writable
+from features.grow import Growth, growth_from_json, merge_order, merged_rows, new_split, plan_growth
 from features.errors import UserError
 from features.journal import Journal, plan_shards
 from features.provenance import CONTENT_KEYS, Provenance
@@ -186,7 +187,7 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
     journal = Journal(plan.out)
     with journal.lock():
         if os.path.exists(plan.out) and not opts.overwrite:
-            return _confirm_complete(plan, journal, say)
+            return _update(plan, journal, say, on_batch, started)
         # with --overwrite the old cache stays in place until the new one replaces it, complete
         _open_journal(plan, journal, say)
         done = journal.done()
@@ -195,27 +196,132 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
                          steady=counts.steady, seconds=time.time() - started)
 
 
-def _confirm_complete(plan: ExtractionPlan, journal: Journal, say) -> dict:
-    """The cache at `out` exists: the same settings mean nothing to do; others are refused."""
+def _update(plan: ExtractionPlan, journal: Journal, say, on_batch, started: float) -> dict:
+    """The cache at `out` exists: other settings are refused; the same settings bring it up to
+    date with its folder (new images computed and added, gone ones dropped) or do nothing.
+    The old cache stays in place, complete, until the grown one replaces it."""
     with Cache(plan.out) as existing:
-        diffs = plan.provenance.mismatches(existing.provenance(), CONTENT_KEYS,
-                                           mine="this run asks", theirs="the cache has")
-        if diffs:
-            raise UserError(f"{plan.out} already holds a different cache ({'; '.join(diffs)}); "
-                            "pass another --out, or --overwrite to replace it")
-        summary = existing.summary()
-        known = set(existing.paths) | {p for p, _ in existing.skipped}
-    journal.discard()   # a run killed between the final rename and its clean-up
-    warn_folder_changed(plan.folder, known, "this cache was made", say)
-    say(f"{plan.out} is already complete for these settings; nothing to do "
+        _refuse_other_settings(plan, existing)
+        base = _base(existing)
+        growth = plan_growth(existing, plan.folder.paths, plan.folder.labels,
+                             plan.folder.class_names, plan.folder.rejected)
+        resuming = journal.exists and journal.load_plan().get("base") == base
+        if not resuming:
+            journal.discard()   # none, or one a finished run was killed before removing
+            if not growth.changed:
+                return _nothing_to_do(plan, existing, say)
+            _start_update(plan, journal, existing, growth, base)
+    if resuming:
+        _resume_update(plan, journal, growth, say)
+    planned = growth_from_json(journal.plan["growth"])
+    say(f"updating {plan.out}: {len(planned.added)} image(s) added, {len(planned.removed)} "
+        "removed; computing only the new ones")
+    done = journal.done()
+    counts = _compute(plan, journal, say=say, on_batch=on_batch)
+    return _assemble_update(plan, journal, resumed=done > 0, computed=counts.computed,
+                            steady=counts.steady, seconds=time.time() - started)
+
+
+def _refuse_other_settings(plan: ExtractionPlan, existing: Cache) -> None:
+    """A cache made with other flags is never grown or replaced without --overwrite."""
+    diffs = plan.provenance.mismatches(existing.provenance(), CONTENT_KEYS,
+                                       mine="this run asks", theirs="the cache has")
+    if diffs:
+        raise UserError(f"{plan.out} already holds a different cache ({'; '.join(diffs)}); "
+                        "pass another --out, or --overwrite to replace it")
+
+
+def _base(cache: Cache) -> dict:
+    """What identifies the cache an update starts from (an update journal resumes only on it)."""
+    prov = cache.provenance()
+    return {"data_id": prov.data_id, "generation": prov.generation,
+            "created": str(cache.attrs.get("created"))}
+
+
+def _nothing_to_do(plan: ExtractionPlan, existing: Cache, say) -> dict:
+    """The folder holds exactly what the cache lists: say so and change nothing."""
+    say(f"{plan.out} is already complete for these settings and this folder; nothing to do "
         "(--overwrite re-extracts).")
-    return {**summary, "resumed": False, "already_complete": True, "seconds": 0.0}
+    return {**existing.summary(), "resumed": False, "already_complete": True, "seconds": 0.0,
+            "n_computed": 0, "added": [], "removed": []}
+
+
+def _start_update(plan: ExtractionPlan, journal: Journal, existing: Cache, growth: Growth,
+                  base: dict) -> None:
+    """Journal an update: the new images only (split by the hash rule, or by their folder in a
+    pre-split tree), which old rows stay, and the next generation's provenance."""
+    folder, old = plan.folder, existing.provenance()
+    split = folder.split[growth.new_pos] if folder.split is not None else new_split(
+        growth, existing, test_size=old.test_size, val_size=old.val_size, seed=old.seed)
+    prov = replace(plan.provenance, generation=old.generation + 1,
+                   lineage=old.lineage + ((old.data_id,) if old.data_id else ()))
+    shards = plan_shards(len(growth.new_paths), plan.opts.batch_size, len(plan.devices),
+                         plan.opts.shard_size)
+    journal.start({"provenance": prov.to_json(), "paths": growth.new_paths,
+                   "labels": growth.new_labels, "split": np.asarray(split).tolist(),
+                   "datasets": plan.datasets, "rejected": growth.new_rejected,
+                   "shards": [[s.start, s.stop] for s in shards], "base": base,
+                   "growth": asdict(growth)})
+
+
+def _resume_update(plan: ExtractionPlan, journal: Journal, growth: Growth, say) -> None:
+    """Continue an interrupted update as it was planned; say if the folder changed again since."""
+    journal.check_matches(plan.provenance)
+    planned = growth_from_json(journal.plan["growth"])
+    if (growth.added, growth.removed) != (planned.added, planned.removed):
+        say(f"warning: {plan.folder.root} changed again since this update started; it finishes "
+            "as planned, then run extract again to bring the cache up to date")
+    say(f"resuming the update of {plan.out}: {journal.done()} of "
+        f"{len(journal.plan['paths'])} new images already done")
+
+
+def _assemble_update(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed: int,
+                     steady: float | None, seconds: float) -> dict:
+    """Write the grown cache beside the old one (old rows copied, new rows from the journal, in
+    folder order), rename it over the old one, drop the journal, and summarise."""
+    saved, names = journal.plan, list(journal.plan["datasets"])
+    growth = growth_from_json(saved["growth"])
+    ok, failed = journal.collect()
+    skipped = growth.skipped + [(saved["paths"][i], r) for i, r in failed] + [
+        (p, r) for p, r in saved.get("rejected", [])]
+    is_new, index = merge_order(growth.keep_pos, [growth.new_pos[i] for i in ok])
+    if not len(is_new):
+        raise UserError(f"no readable images left in {plan.folder.root}; the cache is unchanged")
+    prov = journal.provenance()
+    with Cache(plan.out) as old:
+        rows = _merged_columns(old, growth, saved, ok, is_new, index)
+        write_cache(plan.out, prov, **rows, datasets=saved["datasets"], skipped=skipped,
+                    created=datetime.now(timezone.utc).isoformat(),
+                    shards=merged_rows(old, names, growth.keep, is_new, index,
+                                       (arrays for _, arrays in journal.iter_rows(names))))
+    journal.discard()
+    return _result(plan, prov, saved["datasets"], split=rows["split"], skipped=skipped,
+                   computed=computed, resumed=resumed, steady=steady, seconds=seconds,
+                   added=growth.added, removed=growth.removed)
+
+
+def _merged_columns(old: Cache, growth: Growth, saved: dict, ok, is_new, index) -> dict:
+    """paths, labels and split of the grown cache's rows (kept rows keep their split)."""
+    paths, labels, split = [], [], []
+    for fresh, i in zip(is_new.tolist(), index.tolist()):
+        if fresh:
+            j = ok[i]
+            paths.append(saved["paths"][j])
+            labels.append(saved["labels"][j])
+            split.append(saved["split"][j])
+        else:
+            row = growth.keep[i]
+            paths.append(old.paths[row])
+            labels.append(growth.keep_labels[i])
+            split.append(old.split[row])
+    return {"paths": paths, "labels": np.asarray(labels, np.int32),
+            "split": np.asarray(split, np.uint8)}
 
 
 def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
     """Continue a matching journal, or start one with the plan's image list, labels and split."""
-    if journal.exists and plan.opts.overwrite:
-        journal.discard()
+    if journal.exists and (plan.opts.overwrite or "base" in journal.load_plan()):
+        journal.discard()   # an update's journal is no first extraction (its cache is gone)
     if journal.exists:
         journal.check_matches(plan.provenance)
         saved = journal.plan
@@ -253,7 +359,8 @@ def warn_folder_changed(folder: ImageFolder, known: set, since: str, say) -> Non
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5
                                             else "")
             say(f"warning: {len(names)} image(s) {what} {folder.root} since {since}, and are "
-                f"not part of this cache: {shown}; --overwrite re-extracts the folder as it is")
+                f"not part of this cache: {shown}; run extract again once it is complete to "
+                "bring it up to date (only new images are computed)")
 
 
 def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed: int,
@@ -275,17 +382,28 @@ def _assemble(plan: ExtractionPlan, journal: Journal, *, resumed: bool, computed
                 shards=journal.iter_rows(list(saved["datasets"])), datasets=saved["datasets"],
                 skipped=skipped, created=datetime.now(timezone.utc).isoformat())
     journal.discard()
+    return _result(plan, prov, saved["datasets"],
+                   split=np.asarray(saved["split"], dtype=np.uint8)[ok], skipped=skipped,
+                   computed=computed, resumed=resumed, steady=steady, seconds=seconds)
+
+
+def _result(plan: ExtractionPlan, prov: Provenance, datasets: dict, *, split, skipped,
+            computed: int, resumed: bool, steady: float | None, seconds: float,
+            added=(), removed=()) -> dict:
+    """The summary of a run that wrote the cache (a first extraction or an update)."""
     return {
-        "path": plan.out, "n_images": len(ok), "n_skipped": len(skipped), "n_computed": computed,
-        "resumed": resumed, "already_complete": False, "seconds": round(seconds, 2),
+        "path": plan.out, "n_images": len(split), "n_skipped": len(skipped),
+        "n_computed": computed, "added": list(added), "removed": list(removed),
+        "generation": prov.generation, "resumed": resumed, "already_complete": False,
+        "seconds": round(seconds, 2),
         "images_per_second": round(computed / seconds, 2) if seconds else None,
         "steady_images_per_second": round(steady, 2) if steady else None,
         "file_mb": round(os.path.getsize(plan.out) / 2**20, 3), "backbone": prov.backbone,
         "alpha": prov.alpha, "weights": prov.weights, "image_size": prov.image_size,
         "pool": prov.pool, "layers": list(prov.layers), "views": prov.views,
-        "features": {k.split("/", 1)[1]: v for k, v in saved["datasets"].items()
+        "features": {k.split("/", 1)[1]: v for k, v in datasets.items()
                      if k.startswith("features/")},
-        "split": split_counts(np.asarray(saved["split"])[ok]), "classes": list(prov.class_names),
+        "split": split_counts(split), "classes": list(prov.class_names),
         "empty_classes": plan.folder.empty_classes,
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
     }
@@ -334,7 +452,13 @@ def say_summary(result: dict, say) -> None:
     say(f"  {result['backbone']} weights={result['weights']} size={result['image_size']} "
         f"pool={result['pool']}: {dims}"
         + (f" (+{result['views']} augmented views each)" if result.get("views") else ""))
-    say(f"  split: {result['split']}; classes: {', '.join(result['classes'])}")
+    say(f"  split: {result['split']}; classes: {', '.join(result['classes'])}; generation "
+        f"{result['generation']}")
+    for key in ("added", "removed"):
+        if result.get(key):
+            names = result[key]
+            say(f"  {key} {len(names)} image(s): {', '.join(names[:20])}"
+                + (f" and {len(names) - 20} more" if len(names) > 20 else ""))
     if result["n_skipped"]:
         say(f"  skipped {result['n_skipped']} unreadable image(s):")
         for item in result["skipped"][:20]:

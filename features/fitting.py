@@ -245,6 +245,7 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
         "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
         "views": data.views, "tta": data.tta, "grouped_cv": bool(info.get("grouped_cv")),
         "features": cache.path, "fit_seconds": info["fit_seconds"], "memory": data.memory,
+        "generation": cache.provenance().generation,
     }
     if table is not None:
         summary["table"] = table
@@ -256,7 +257,8 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
                 opts.report, metrics=metrics, cv=_cv_block(info), text=text,
                 class_names=cache.class_names,
                 head={"kind": kind, "path": out, "layer": data.layer,
-                      "feature_layers": data.layers, "route": info["route"]},
+                      "feature_layers": data.layers, "route": info["route"],
+                      "generation": cache.provenance().generation},
                 title=f"{kind} head, test split",
                 gallery=gallery_data(y, proba, cache.class_names,
                                      paths=[cache.paths[i] for i in data.test],

@@ -107,3 +107,19 @@ def check_head_matches(bundle: dict, features) -> None:
         raise UserError(f"head does not match these features ({keys} differ): " + "; ".join(diffs)
                         + ". Use the cache/backbone the head was fitted on, or refit the head")
 
+
+
+def check_head_current(bundle: dict) -> None:
+    """Refuse a head whose own cache has since grown new classes (it can never predict them),
+    naming them; a cache grown by images only, or gone, or replaced by another, is no reason."""
+    from features.store import read_provenance
+
+    prov = bundle["provenance"]
+    now = read_provenance(prov.cache_path) if prov.cache_path else None
+    if now is None or not prov.data_id or prov.data_id not in now.lineage:
+        return
+    new = [name for name in now.class_names if name not in prov.class_names]
+    if new:
+        raise UserError(f"the cache this head was fitted on ({prov.cache_path}) has grown new "
+                        f"classes since ({', '.join(new)}) that the head cannot predict; refit "
+                        f"it: python cli.py fit --features {prov.cache_path}")

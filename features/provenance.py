@@ -43,6 +43,8 @@ class Provenance:
     val_size: float = 0.1
     views: int = 0                        # augmented views per image stored beside the plain one
     data_id: str = ""                     # identity of the image set and its split (data_identity)
+    generation: int = 0                   # 0 for a first extraction, +1 each time extract grows it
+    lineage: tuple[str, ...] = ()         # the data_ids of the earlier generations, oldest first
     weights_path: str | None = None       # where a local weights file was read (its id: weights)
     cache_path: str | None = None         # the cache a head was fitted on
     versions: dict = field(default_factory=dict, compare=False)
@@ -65,6 +67,10 @@ class Provenance:
                 if not set(self.taps) <= set(other.layers):
                     out.append(f"layers: {mine} {list(self.taps)}, {theirs} "
                                f"{list(other.layers)}")
+            elif key == "data_id" and self.data_id in other.lineage:
+                continue   # fitted on an earlier generation: its test rows are still test here
+            elif key == "class_names" and self.class_names != other.class_names:
+                out.append(_class_change(self.class_names, other.class_names, mine, theirs))
             elif getattr(self, key) != getattr(other, key):
                 out.append(f"{key}: {mine} {_show(getattr(self, key))}, {theirs} "
                            f"{_show(getattr(other, key))}"
@@ -104,7 +110,8 @@ class Provenance:
         values["alpha"] = None if values.get("alpha") in (None, "none") else float(values["alpha"])
         values["image_size"] = int(values["image_size"])
         values["layer_indices"] = tuple(int(i) for i in values["layer_indices"])
-        for key in ("layers", "class_names", "feature_layers"):
+        values["generation"] = int(values.get("generation") or 0)
+        for key in ("layers", "class_names", "feature_layers", "lineage"):
             if values.get(key) is not None:
                 values[key] = tuple(str(x) for x in values[key])
         values["weights_path"] = values.get("weights_path") or None
@@ -114,6 +121,17 @@ class Provenance:
 def _plain(value):
     """numpy scalars as Python values, so comparisons and JSON behave."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, dict)) else value
+
+
+def _class_change(mine_names, their_names, mine: str, theirs: str) -> str:
+    """The class_names mismatch, naming the classes one side has and the other lacks."""
+    new = [c for c in their_names if c not in mine_names]
+    gone = [c for c in mine_names if c not in their_names]
+    detail = "; ".join(part for part in (
+        f"new classes: {', '.join(new)}" if new else "",
+        f"classes gone: {', '.join(gone)}" if gone else "") if part) or "same classes, other order"
+    return (f"class_names: {mine} {_show(mine_names)}, {theirs} {_show(their_names)} ({detail}: "
+            "refit the head on these features)")
 
 
 def _show(value):

@@ -1,4 +1,12 @@
-"""The one place a train/val/test assignment is made; everything later reads it from the cache."""
+"""The one place a train/val/test assignment is made; everything later reads it from the cache.
+
+Two rules, both stratified and seeded, and an image keeps the code it was given for life:
+- `assign_split`: a first extraction (generation 0) draws the split over the whole folder, as
+  scikit-learn's `train_test_split` does.
+- `assign_new_split`: images added to a grown cache are split per class by a seeded hash of their
+  relative path (`hash_unit`), filling each class's test and val shares up to their fractions of
+  the class's new total; the rows already in the cache are never moved.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +62,44 @@ def assign_split(labels, *, test_size: float, val_size: float, seed: int) -> np.
         raise UserError(f"cannot split {n} images this way ({exc}); lower --test-size/--val-size "
                         "or add images") from exc
     return codes
+
+
+def hash_unit(path: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (seed, relative path): an image's place in the queue of its
+    class when a grown cache hands out test and val places."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{seed}\t{path}".encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_new_split(paths, labels, kept_labels, kept_codes, *, test_size: float,
+                     val_size: float, seed: int) -> np.ndarray:
+    """Split codes for images added to a cache whose rows keep theirs (`kept_labels`, `kept_codes`).
+
+    Per class, the new images sorted by `hash_unit` take test places until the class's test rows
+    reach round(test_size x its new total) (at least one when the fraction is set and the class
+    has 3 or more images), then val places likewise, then train."""
+    labels, codes = np.asarray(labels, dtype=np.int64), np.full(len(paths), TRAIN, np.uint8)
+    kept_labels, kept_codes = np.asarray(kept_labels, np.int64), np.asarray(kept_codes)
+    for label in np.unique(labels):
+        mine = np.flatnonzero(labels == label)
+        queue = mine[np.argsort([hash_unit(paths[i], seed) for i in mine], kind="stable")]
+        held = kept_codes[kept_labels == label]
+        total = len(held) + len(mine)
+        for code, fraction in ((TEST, test_size), (VAL, val_size)):
+            want = _share(fraction, total) - int((held == code).sum())
+            take = queue[:max(0, min(want, len(queue)))]
+            codes[take], queue = code, queue[len(take):]
+    return codes
+
+
+def _share(fraction: float, total: int) -> int:
+    """A class's held-out count for `fraction` of `total` images (one at least, as for tiny
+    first splits, when the fraction is set and the class has 3 or more)."""
+    if not fraction:
+        return 0
+    return max(int(round(fraction * total)), 1 if total >= 3 else 0)
 
 
 def split_counts(codes) -> dict:

@@ -12,7 +12,7 @@ Layout of one cache file (FORMAT_VERSION 1)::
     /skipped/reasons    utf-8 (M,)    why
     attrs: format_version, complete, class_names, views, backbone, alpha, weights, image_size, pool,
            layers, layer_indices, preprocess, precision, seed, test_size, val_size, data_dir,
-           versions, created, n_images, weights_path (where a local weights file was read;
+           versions, created, n_images, generation, lineage (JSON list), weights_path (where a local weights file was read;
            its identity is the sha256 in 'weights')
 
 The attributes other than format_version, complete, created and n_images are the cache's
@@ -40,7 +40,7 @@ from features.split import SPLIT_NAMES
 
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")
-_JSON_ATTRS = ("class_names", "layers", "layer_indices", "versions")
+_JSON_ATTRS = ("class_names", "layers", "layer_indices", "versions", "lineage")
 _NOT_STORED = ("cache_path", "layer", "feature_layers", "head_options")  # a head's, or the path
 
 
@@ -150,6 +150,13 @@ class Cache:
     def n_views(self) -> int:
         return int(self._provenance.views or 0)
 
+    def rows_of(self, name: str, rows) -> np.ndarray:
+        """float32 rows (sorted indices) of one stored array, 'features/<layer>' or
+        'views/<layer>', in its stored shape: what a grown cache copies."""
+        dset = self._file[name]
+        rows = np.asarray(rows, dtype=np.int64)
+        return _take(dset, rows) if len(rows) else np.empty((0, *dset.shape[1:]), np.float32)
+
     def split_mask(self, name: str) -> np.ndarray:
         return self.split == SPLIT_NAMES.index(name)
 
@@ -242,10 +249,21 @@ class Cache:
             "features": {layer: list(self.dataset(layer).shape[1:]) for layer in self.layers},
             "views": self.n_views,
             "created": self.attrs.get("created"),
+            "generation": self._provenance.generation,
             **{k: prov[k] for k in ("backbone", "alpha", "weights", "image_size", "pool",
                                     "layers", "preprocess", "precision", "seed", "test_size",
                                     "val_size", "data_dir", "versions")},
         }
+
+
+def read_provenance(path: str) -> Provenance | None:
+    """The provenance of the complete cache at `path` from its attributes alone, or None when
+    there is no readable cache there."""
+    try:
+        with h5py.File(path, "r") as f:
+            return Provenance.from_json(_read_attrs(f, path))
+    except (OSError, KeyError, ValueError, TypeError, UserError):
+        return None
 
 
 def _open_h5(path: str):
@@ -269,7 +287,8 @@ def _read_attrs(f, path: str) -> dict:
         raise UserError(f"{path} was written by a newer bottleneck (format "
                         f"{attrs['format_version']}); upgrade to read it")
     for key in _JSON_ATTRS:
-        attrs[key] = json.loads(attrs[key])
+        if key in attrs or key != "lineage":   # caches before growth have no lineage
+            attrs[key] = json.loads(attrs[key])
     for name in ("labels", "split", "paths", "features"):
         f[name]
     return attrs

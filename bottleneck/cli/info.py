@@ -27,7 +27,8 @@ def run(args, say):
     say(f"  images {info['n_images']} (skipped {info['n_skipped']}); split {info['split']} "
         f"(seed {info['seed']}, test {info['test_size']}, val {info['val_size']})")
     say("  classes: " + ", ".join(f"{c} ({k})" for c, k in info["classes"].items()))
-    say(f"  data: {info['data_dir']}")
+    say(f"  data: {info['data_dir']}; generation {info['generation']} (0: first extraction, "
+        "+1 each time extract grew it)")
     for item in info["skipped"]:
         say(f"  skipped {item['path']}: {item['reason']}")
     return info

@@ -50,9 +50,10 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
         compiled_forward,
         feature_model_from_provenance,
     )
-    from features.headfile import check_head_matches, load_head
+    from features.headfile import check_head_current, check_head_matches, load_head
 
     bundle = load_head(path)
+    check_head_current(bundle)
     prov = bundle["provenance"]
     model, taps = feature_model_from_provenance(prov, weights=weights, fold_bn=True)
     # the network must compute every layer the head reads
