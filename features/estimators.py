@@ -223,6 +223,7 @@ class TemperedLinearSVC(LinearSolverMixin, ClassifierMixin, BaseEstimator):
     `temperature_cv`-fold decision values (0: T = 1)."""
 
     loss = "hinge"
+    tol, temperature = 1e-4, None   # defaults for heads pickled before these parameters existed
 
     def __init__(self, C=1.0, class_weight=None, max_iter=500, tol=1e-4, temperature=None,
                  temperature_cv=3, random_state=0):
@@ -262,6 +263,8 @@ class TemperedKernelSVC(TemperedSoftmaxMixin, ClassifierMixin, BaseEstimator):
 
     The kernel matrix is computed with BLAS and handed to SVC(kernel="precomputed"): libsvm's own
     kernel evaluation is ~10x slower. `support_vectors_` keep what predictions need."""
+
+    temperature = None   # the default for heads pickled before this parameter existed
 
     def __init__(self, kernel="rbf", C=1.0, gamma="scale", degree=3, class_weight=None,
                  temperature=None, temperature_cv=3, random_state=0):
