@@ -157,12 +157,26 @@ def case_workers(args):
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         out["images"] = row["images"]
         out[f"wall_img_s_{workers}"], out[f"steady_img_s_{workers}"] = row["wall"], row["steady"]
+    out["steady_img_s_peer"] = _independent_processes(folder, args.workers)
     shutil.rmtree(tmp)
     last = args.workers
     out[f"wall_{last}_over_1"] = round(out[f"wall_img_s_{last}"] / out["wall_img_s_1"], 2)
     out[f"steady_{last}_over_1"] = round(out[f"steady_img_s_{last}"] / out["steady_img_s_1"], 2)
+    out["peer_over_1"] = round(out["steady_img_s_peer"] / out["steady_img_s_1"], 2)
+    out["ours_over_peer"] = round(out[f"steady_img_s_{last}"] / out["steady_img_s_peer"], 2)
     out["target"] = 1.7
     return out
+
+
+def _independent_processes(folder, count: int) -> float:
+    """The machine's own ceiling for this work, the peer of --devices N: N unrelated one-worker
+    extractions of the same folder at once, each pinned to its own core; their steady img/s
+    summed."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--case", "_pinned", "--folder", folder,
+                               "--workers", "1", "--core", str(core)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True) for core in range(count)]
+    rows = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    return round(sum(row["steady"] for row in rows), 1)
 
 
 def case_pinned(args):
@@ -170,7 +184,7 @@ def case_pinned(args):
     worker processes (extract --devices N) pinned to one core each."""
     weights = MOBILENET if os.path.isfile(MOBILENET) else None
     if args.workers == 1:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1])
+        os.sched_setaffinity(0, [sorted(os.sched_getaffinity(0))[args.core]])
     seconds, _, n, steady = our_route(args.folder, "mobilenet", weights, 0.25, "conv_pw_13_relu",
                                       224, devices=str(args.workers))
     print(json.dumps({"images": n, "wall": round(n / seconds, 1), "steady": steady}))
@@ -203,6 +217,7 @@ def main():
     parser.add_argument("--n", type=int, default=100, help="images for vgg16/memory cases")
     parser.add_argument("--folder")
     parser.add_argument("--workers", type=int, default=2, help="most workers for the workers case")
+    parser.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     result = {"mobilenet-flowers": case_mobilenet, "vgg16": case_vgg16, "memory": case_memory,
               "_rss": case_rss, "workers": case_workers, "decode": case_decode,
