@@ -268,13 +268,15 @@ def n_workers(n_jobs: int, n_tasks: int) -> int:
 
 
 def run_parallel(tasks, n_jobs: int) -> list:
-    """Run zero-argument callables in threads (numpy and libsvm release the GIL), one BLAS
-    thread each: on matrices of this size a multi-threaded BLAS spends more time waiting than
-    computing, so the folds, not one matrix product, share the cores."""
+    """Run zero-argument callables in threads (numpy and libsvm release the GIL), the allowed
+    cores shared out: one BLAS thread per task when there are tasks for every core (on fold-sized
+    matrices a multi-threaded BLAS waits more than it computes), all of them for a lone task
+    (the one hold-out fold of a large training set)."""
     from threadpoolctl import threadpool_limits
 
-    workers = n_workers(n_jobs, len(tasks))
-    with threadpool_limits(1):
+    allowed = n_workers(n_jobs, 1 << 16)
+    workers = min(allowed, len(tasks)) or 1
+    with threadpool_limits(max(1, allowed // workers)):
         if workers == 1:
             return [task() for task in tasks]
         from joblib import Parallel, delayed
