@@ -2,9 +2,10 @@
 
 Probabilities are DEFINED as:
 
+* logistic: softmax of the logits (its own probabilities);
 * linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
   on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
-* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained with Keras, kept as numpy arrays;
+* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained in numpy (features/mlp.py);
 * kernel SVM: softmax(temperature * one-vs-rest decision function), like the linear SVM (not
   expressible as layers).
 

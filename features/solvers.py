@@ -76,7 +76,7 @@ class Preconditioner:
         return top - rest, rest
 
     @staticmethod
-    def of(X: np.ndarray, random_state=0) -> "Preconditioner":
+    def of(X, random_state=0) -> Preconditioner:
         from sklearn.utils.extmath import randomized_svd
 
         rng = np.random.default_rng(random_state)

@@ -116,9 +116,10 @@ def run_logistic(args, say):
 def add_mlp_parser(sub):
     p = sub.add_parser("fit-mlp", help="fit a small dense head (Dense-ReLU-Dropout-softmax)",
                        description="Train Dense(256, relu) -> Dropout -> softmax on the cached "
-                                   "features with Keras, early stopping on the cache's val split; "
-                                   "scored by k-fold CV on train and once on test. The weights are "
-                                   "stored as numpy arrays (transplantable by finetune).")
+                                   "features in numpy (Adam), early stopping on the cache's val "
+                                   "split; scored by k-fold CV on train and once on test. The "
+                                   "weights are stored as numpy arrays (transplantable by "
+                                   "finetune).")
     _mlp_args(p)
     return _common(p, "mlp.joblib")
 
