@@ -21,6 +21,7 @@ import os
 from datetime import datetime, timezone
 
 from features.atomic import atomic_path
+from features.ensemble import ENSEMBLE_FORMAT
 from features.errors import UserError
 from features.provenance import COMPATIBLE_KEYS, Provenance
 
@@ -64,7 +65,7 @@ def load_head(path: str) -> dict:
         bundle = joblib.load(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
         raise UserError(f"{path} is not a readable head file ({type(exc).__name__}: {exc})") from exc
-    if isinstance(bundle, dict) and bundle.get("format") == "bottleneck-ensemble":
+    if isinstance(bundle, dict) and bundle.get("format") == ENSEMBLE_FORMAT:
         raise UserError(f"{path} is an ensemble of heads, not one head: `predict --model` takes "
                         "it; finetune needs one of its member heads")
     if not isinstance(bundle, dict) or bundle.get("format") != HEAD_FORMAT:
