@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from features.atomic import atomic_path
-from features.errors import UserError
+from features.errors import UserError, check_format_version
 from features.provenance import Provenance
 
 ENSEMBLE_FORMAT = "bottleneck-ensemble"
@@ -99,9 +99,8 @@ class Ensemble:
         if not isinstance(data, dict) or data.get("format") != ENSEMBLE_FORMAT:
             raise UserError(f"{path} is not a bottleneck ensemble file; make one with "
                             "`python cli.py ensemble HEAD.joblib HEAD.joblib ...`")
-        if int(data.get("format_version", 0)) > ENSEMBLE_FORMAT_VERSION:
-            raise UserError(f"{path} was written by a newer bottleneck (ensemble format "
-                            f"{data['format_version']}); upgrade to read it")
+        check_format_version(data.get("format_version", 0), ENSEMBLE_FORMAT_VERSION, path,
+                             "ensemble ")
         try:
             members = tuple(Member(m["path"], m["sha256"], m["kind"], m["pipeline"],
                                    Provenance.from_json(m["provenance"]), m.get("test"))

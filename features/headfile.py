@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 
 from features.atomic import atomic_path
 from features.ensemble import ENSEMBLE_FORMAT
-from features.errors import UserError
+from features.errors import UserError, check_format_version
 from features.provenance import COMPATIBLE_KEYS, Provenance
 
 HEAD_FORMAT = "bottleneck-head"
@@ -71,9 +71,7 @@ def load_head(path: str) -> dict:
     if not isinstance(bundle, dict) or bundle.get("format") != HEAD_FORMAT:
         raise UserError(f"{path} is not a bottleneck head file (no '{HEAD_FORMAT}' metadata); "
                         "refit it with `python cli.py fit`")
-    if int(bundle.get("format_version", 0)) > HEAD_FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer bottleneck (head format "
-                        f"{bundle['format_version']}); upgrade to read it")
+    check_format_version(bundle.get("format_version", 0), HEAD_FORMAT_VERSION, path, "head ")
     try:
         bundle["provenance"] = Provenance.from_json(bundle.get("provenance") or {})
     except (ValueError, TypeError) as exc:

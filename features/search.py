@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.estimators import TemperedKernelSVC, as_logits, fit_temperature
-from features.solvers import Standardized, linear_decision
+from features.solvers import Standardized, linear_decision, row_blocks
 
 
 @dataclass
@@ -115,7 +115,7 @@ def standard_only(prefix) -> bool:
 
 def fit_scaler(scaler, X, rows=None):
     """A StandardScaler fitted on X[rows] by partial_fit over blocks (small temporaries)."""
-    for block in _row_blocks(len(X) if rows is None else len(rows)):
+    for block in row_blocks(len(X) if rows is None else len(rows)):
         scaler.partial_fit(X[block] if rows is None else X[rows[block]])
     return scaler
 
@@ -143,7 +143,7 @@ def fit_prefix(prefix, X, out=None) -> np.ndarray:
         if not hasattr(step, "partial_fit"):
             step.fit(X[:1])
             continue
-        for rows in _row_blocks(len(X)):
+        for rows in row_blocks(len(X)):
             block = X[rows]
             for earlier in steps[:i]:
                 block = earlier.transform(block)
@@ -159,17 +159,13 @@ def transform_rows(prefix, X, out=None) -> np.ndarray:
     width = _width(prefix, X)
     if out is None or out.shape[1] != width:
         out = np.empty((len(X), width), np.float32)
-    for rows in _row_blocks(len(X)):
+    for rows in row_blocks(len(X)):
         out[rows] = prefix.transform(X[rows])
     return out
 
 
 def _width(prefix, X) -> int:
     return prefix.transform(X[:1]).shape[1]
-
-
-def _row_blocks(n: int, size: int = 8192):
-    return [slice(start, start + size) for start in range(0, n, size)]
 
 
 @dataclass

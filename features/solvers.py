@@ -57,7 +57,7 @@ def linear_decision(X, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
     w = (np.asarray(coef, np.float64).T * (np.ones(X.shape[1]) * inverse)[:, None])
     b = np.asarray(intercept, np.float64) - (np.ones(X.shape[1]) * shift) @ np.asarray(coef).T
     raw = source.raw if isinstance(source, Standardized) else source.__getitem__
-    out = np.concatenate([raw(rows) @ w.astype(np.float32) + b for rows in _blocks(len(X))]
+    out = np.concatenate([raw(rows) @ w.astype(np.float32) + b for rows in row_blocks(len(X))]
                          or [np.zeros((0, len(b)))])
     return out.ravel() if out.shape[1] == 1 else out
 
@@ -92,7 +92,8 @@ class Preconditioner:
 BLOCK_ROWS = 8_192
 
 
-def _blocks(n: int):
+def row_blocks(n: int) -> list[slice]:
+    """Slices of BLOCK_ROWS rows covering n rows: the unit of every block-at-a-time pass."""
     return [slice(start, start + BLOCK_ROWS) for start in range(0, n, BLOCK_ROWS)]
 
 
@@ -164,7 +165,7 @@ class _Problem:
         w_raw = (w * self.inverse[:, None]).astype(np.float32)   # the scaling, folded in
         b_raw = (b - self.shift @ w).astype(np.float32)
         xt_g, g_sum = np.zeros((self.d, self.k)), np.zeros(self.k)
-        for rows in _blocks(self.n):   # bounded memory: (block, k) temporaries
+        for rows in row_blocks(self.n):   # bounded memory: (block, k) temporaries
             block = self.raw(rows)
             part, grad_z = _loss_and_grad_z(
                 block @ w_raw + b_raw, _targets(self.y_index[rows], self.n_classes, self.loss),

@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 
 from features.atomic import atomic_path
-from features.errors import UserError
+from features.errors import UserError, check_format_version
 from features.provenance import Provenance, data_identity
 from features.split import SPLIT_NAMES
 
@@ -283,9 +283,7 @@ def _read_attrs(f, path: str) -> dict:
     attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
     if not attrs.get("complete") or attrs.get("format_version") is None:
         raise UserError(f"{path} is not a complete bottleneck cache; re-run extract")
-    if int(attrs["format_version"]) > FORMAT_VERSION:
-        raise UserError(f"{path} was written by a newer bottleneck (format "
-                        f"{attrs['format_version']}); upgrade to read it")
+    check_format_version(attrs["format_version"], FORMAT_VERSION, path)
     for key in _JSON_ATTRS:
         if key in attrs or key != "lineage":   # caches before growth have no lineage
             attrs[key] = json.loads(attrs[key])
