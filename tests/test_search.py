@@ -149,3 +149,16 @@ def test_large_linear_heads_read_standardized_views_and_match_scaled_copies(monk
                                     "clf__temperature": with_views.temperature})
     heads._fit_pipeline(plain, X, y, {})
     np.testing.assert_allclose(final.predict_proba(X), plain.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.parametrize("flag", [["--patience", "0"], ["--dropout", "1"], ["--hidden", "0"],
+                                  ["--epochs", "-1"]])
+def test_mlp_flags_that_cannot_train_are_refused_in_one_line(flag, tmp_path):
+    from tests.helpers import run_cli
+
+    X, y = blobs(n_per_class=20, k=2, d=4)
+    cache = write_synthetic_cache(tmp_path / "c.h5", {"f": X}, y, ["a", "b"])
+    done = run_cli("fit-mlp", "--features", cache, "--out", tmp_path / "m.joblib", *flag)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].count("\n") == 0 and flag[0] in done.stderr
+    assert not (tmp_path / "m.joblib").exists()

@@ -64,12 +64,25 @@ def _mlp_args(p):
                    help="epochs without a better val loss before the MLP stops (default 3)")
 
 
+def _check_mlp_args(args) -> None:
+    """The MLP's flags, refused before any work when they cannot train (dropout 1 keeps no
+    unit; a patience below 1 stops at the first epoch)."""
+    for name in ("hidden", "epochs", "patience"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} {value}: give a whole number of at least 1")
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None and not 0 <= dropout < 1:
+        raise UserError(f"--dropout {dropout}: give a fraction in [0, 1), e.g. 0.5")
+
+
 def options(args):
     """FitOptions from the parsed flags (the MLP's own flags go into its dict)."""
     from features.fitting import FitOptions, parse_pca
 
     if args.folds < 2:
         raise UserError("--cv must be at least 2")
+    _check_mlp_args(args)
     mlp = {key: getattr(args, name) for name, key in (
         ("hidden", "hidden"), ("dropout", "dropout"), ("epochs", "max_epochs"),
         ("patience", "patience")) if getattr(args, name, None) is not None}
