@@ -10,8 +10,8 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import StandardScaler
 
 from features import heads
-from features.estimators import LinearLogistic, TemperedKernelSVC, TemperedLinearSVC
 from features import search as search_module
+from features.estimators import LinearLogistic, TemperedKernelSVC, TemperedLinearSVC
 from features.search import FoldSet, fit_prefix, search
 from features.solvers import Preconditioner, _loss_and_grad_z, _targets
 from tests.helpers import blobs, write_synthetic_cache
