@@ -68,6 +68,7 @@ class ExtractOptions:
     shard_size: int | None = None   # images per shard (default: about four shards per worker)
     engine: str = "local"           # 'local': this machine's devices; 'ray': a Ray cluster
     address: str | None = None      # the Ray cluster to join (default: start a local Ray)
+    exclude: str | None = None      # an exclude list: images of the folder left out of the cache
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -118,7 +119,7 @@ def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_si
     return os.path.join("features", f"{name}_{backbone}{width}_{layer}_{pool}_{image_size}.h5")
 
 
-def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
+def plan_extraction(opts: ExtractOptions, say=print) -> ExtractionPlan:
     """Check every input, scan the folder, split it and build the network; writes nothing."""
     row = get_backbone(opts.backbone)
     weights = check_weights_arg(opts.weights)
@@ -129,7 +130,7 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
         check_ray(opts)
     alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
-    folder = scan_folder(opts.data)
+    folder = without_excluded(scan_folder(opts.data), opts.exclude, say)
     check_writable(opts.out or os.path.join("features", "cache.h5"))
     presplit = folder.split is not None
     split = folder.split if presplit else assign_split(
@@ -153,6 +154,22 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
     out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
     check_output_file(out, opts.overwrite)
     return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices)
+
+
+def without_excluded(folder: ImageFolder, exclude: str | None, say) -> ImageFolder:
+    """The folder less the images its exclude list names (said in one line); an image left out
+    of a cache that holds it is removed from it, as if deleted from the folder."""
+    if not exclude:
+        return folder
+    from features.audit.exclude import excluded_rows, read_exclude
+
+    rows = excluded_rows(read_exclude(exclude, folder.root), folder.paths, exclude, say)
+    keep = np.setdiff1d(np.arange(len(folder.paths)), rows)
+    if not len(keep):
+        raise UserError(f"--exclude {exclude} lists every image of {folder.root}")
+    say(f"excluded: {len(rows)} images listed in {exclude}")
+    return replace(folder, paths=[folder.paths[i] for i in keep], labels=folder.labels[keep],
+                   split=None if folder.split is None else folder.split[keep])
 
 
 def check_output_file(out: str, overwrite: bool) -> None:
@@ -183,7 +200,7 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
     interrupts the run exactly as Ctrl-C would, leaving a resumable journal.
     """
     started = time.time()
-    plan = plan_extraction(opts)
+    plan = plan_extraction(opts, say)
     journal = Journal(plan.out)
     with journal.lock():
         if os.path.exists(plan.out) and not opts.overwrite:

@@ -51,6 +51,10 @@ def add_parser(sub):
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (e.g. ray://head:10001 or "
                         "auto); default: start a local Ray on this machine")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="leave out the images listed in FILE (one path a line, relative to "
+                        "--data; `audit` writes one); on an existing cache they are removed "
+                        "like deleted images")
     p.add_argument("--out", default=None, metavar="FILE.h5",
                    help="cache file (default features/<data>_<backbone>[-a<alpha>]_<layer or Nlayers>"
                         "_<pool>_<size>.h5)")
