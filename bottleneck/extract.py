@@ -71,6 +71,7 @@ class ExtractOptions:
     address: str | None = None      # the Ray cluster to join (default: start a local Ray)
     split_from: str | None = None   # another cache whose split (and split flags) to reuse
     exclude: str | None = None      # an exclude list: images of the folder left out of the cache
+    dedupe_split: str | None = None  # the audit's groups.json: each group kept in one split
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -172,15 +173,20 @@ def _split_source(opts: ExtractOptions, folder: ImageFolder) -> SplitSource | No
             raise UserError(f"--split-from: {folder.root} is split by its train/val/test "
                             "folders, which decide every image's split; leave the flag out")
         return None
-    return resolve_split_source(folder.root, SplitFlags(opts.seed, opts.test_size,
-                                                        opts.val_size), opts.split_from)
+    groups = None
+    if opts.dedupe_split:
+        from features.audit.groups import read_groups
+
+        groups = read_groups(opts.dedupe_split)
+    flags = SplitFlags(opts.seed, opts.test_size, opts.val_size, grouped=groups is not None)
+    return resolve_split_source(folder.root, flags, opts.split_from, groups)
 
 
 def _split_of(folder: ImageFolder, source: SplitSource, known: dict) -> np.ndarray:
     """Every image's split code: `known` ones kept, the others by features/split.py's rules."""
     flags = source.flags
     return folder_split(folder.paths, folder.labels, known, test_size=flags.test_size,
-                        val_size=flags.val_size, seed=flags.seed)
+                        val_size=flags.val_size, seed=flags.seed, groups=source.groups)
 
 
 def _record_split(plan: ExtractionPlan, paths, codes, say, *, planned: bool) -> None:
@@ -302,6 +308,12 @@ def _refuse_other_settings(plan: ExtractionPlan, existing: Cache) -> None:
     if diffs:
         raise UserError(f"{plan.out} already holds a different cache ({'; '.join(diffs)}); "
                         "pass another --out, or --overwrite to replace it")
+    grouped = [(rule or "").startswith("folder-record grouped")
+               for rule in (plan.provenance.split_rule, existing.provenance().split_rule)]
+    if grouped[0] != grouped[1]:
+        raise UserError(f"{plan.out} was split {'with' if grouped[1] else 'without'} "
+                        "--dedupe-split and this run asks otherwise; its rows keep their split "
+                        "for life: pass another --out, or --overwrite to re-split it")
 
 
 def _base(cache: Cache) -> dict:

@@ -3,10 +3,9 @@ balance of a feature cache (features/audit/run.py), as a summary, JSON and an HT
 
 from __future__ import annotations
 
-from bottleneck.cli.common import options_from_args
-
-THRESHOLD = 0.2            # features.audit.duplicates.THRESHOLD (read there; a test checks)
-KINDS = ("duplicates", "leaks", "labels", "outliers")   # features.audit.run.EXCLUDE_KINDS
+from bottleneck.cli.common import add_cache_args, options_from_args
+from features.audit.duplicates import THRESHOLD
+from features.audit.run import EXCLUDE_KINDS as KINDS
 
 
 def add_parser(sub):
@@ -19,11 +18,8 @@ def add_parser(sub):
                     "class balance. Writes audit.json, audit.html (thumbnails) and exclude.txt "
                     "(for fit/extract --exclude) under --out. Needs the audit extra: pip "
                     "install 'bottleneck-transfer[audit]'.")
-    p.add_argument("--features", default=None, metavar="FILE.h5",
-                   help="feature cache from `extract` (default: the newest under features/)")
-    p.add_argument("--layer", default=None, metavar="NAME",
-                   help="cached layer (or NAME,NAME / all) to compare images by (default: the "
-                        "only layer, or all)")
+    add_cache_args(p, "cached layer (or NAME,NAME / all) to compare images by (default: the "
+                      "only layer, or all)")
     p.add_argument("--out", default="audit", metavar="DIR",
                    help="folder for audit.json, audit.html and exclude.txt (default ./audit)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,

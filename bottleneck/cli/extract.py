@@ -55,6 +55,10 @@ def add_parser(sub):
                    help="leave out the images listed in FILE (one path a line, relative to "
                         "--data; `audit` writes one); on an existing cache they are removed "
                         "like deleted images")
+    p.add_argument("--dedupe-split", default=None, metavar="GROUPS.json",
+                   help="split so that each near-duplicate group `audit` found (its groups.json) "
+                        "lands in one split: a split of its own, recorded beside the folder's "
+                        "plain one; use a new --out (or --overwrite)")
     p.add_argument("--out", default=None, metavar="FILE.h5",
                    help="cache file (default features/<data>_<backbone>[-a<alpha>]_<layer or Nlayers>"
                         "_<pool>_<size>.h5)")

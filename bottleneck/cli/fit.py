@@ -6,17 +6,14 @@ The logic lives in features/fitting.py and features/heads.py (imported when a co
 
 from __future__ import annotations
 
-from bottleneck.cli.common import options_from_args
+from bottleneck.cli.common import add_cache_args, options_from_args
 from features.errors import UserError
 from features.heads import DEFAULT_FIT_KINDS, KINDS, ROUTES, SCALINGS
 
 
 def _common(p, out_default: str, scaling: str = "standard"):
-    p.add_argument("--features", default=None, metavar="FILE.h5",
-                   help="feature cache from `extract` (default: the newest under features/)")
-    p.add_argument("--layer", default=None, metavar="NAME",
-                   help="cached layer to use; 'all' (or NAME,NAME) concatenates layers (default: "
-                        "the only layer, or all of them when the cache holds several)")
+    add_cache_args(p, "cached layer to use; 'all' (or NAME,NAME) concatenates layers (default: "
+                      "the only layer, or all of them when the cache holds several)")
     p.add_argument("--out", default=None, metavar="HEAD.joblib",
                    help=f"where to save the head (default {out_default}); leaderboard.json and "
                         "best.joblib, the best head fitted there on this cache by CV score, are "

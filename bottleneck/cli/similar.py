@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bottleneck.cli.common import options_from_args
+from bottleneck.cli.common import add_cache_args, options_from_args
 
 
 def add_parser(sub):
@@ -15,11 +15,8 @@ def add_parser(sub):
                     "cache and rebuilt when the cache grows. Needs the audit extra: pip install "
                     "'bottleneck-transfer[audit]'.")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files or folders")
-    p.add_argument("--features", default=None, metavar="FILE.h5",
-                   help="feature cache from `extract` (default: the newest under features/)")
-    p.add_argument("--layer", default=None, metavar="NAME",
-                   help="cached layer (or NAME,NAME / all) to compare by (default: the only "
-                        "layer, or all)")
+    add_cache_args(p, "cached layer (or NAME,NAME / all) to compare by (default: the only "
+                      "layer, or all)")
     p.add_argument("-k", type=int, default=10, help="neighbours per image (default 10)")
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="the local backbone weights file, when it moved since extraction")

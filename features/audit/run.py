@@ -1,5 +1,6 @@
 """The `audit` command's stage: cache -> near-duplicates, label errors, outliers, balance ->
-audit.json, audit.html and exclude.txt in one folder (bottleneck/cli/audit.py parses the flags)."""
+audit.json, audit.html, exclude.txt (for fit/extract --exclude) and groups.json (for extract
+--dedupe-split) in one folder (bottleneck/cli/audit.py parses the flags)."""
 
 from __future__ import annotations
 
@@ -159,6 +160,7 @@ def run_audit(opts: AuditOptions, say=print) -> dict:
     """Audit the cache; write audit.json, audit.html and exclude.txt under opts.out."""
     from features.atomic import write_json, write_text
     from features.audit.exclude import format_exclude
+    from features.audit.groups import groups_json
     from features.audit.outliers import class_balance
     from features.audit.report import render_audit
     from features.store import Cache, newest_cache
@@ -179,13 +181,16 @@ def run_audit(opts: AuditOptions, say=print) -> dict:
                   "balance": class_balance(cache.labels, cache.split, cache.class_names)}
     os.makedirs(opts.out, exist_ok=True)
     paths = {name: os.path.join(opts.out, name) for name in ("audit.json", "audit.html",
-                                                             "exclude.txt")}
+                                                             "exclude.txt", "groups.json")}
     result["exclude"] = {"path": paths["exclude.txt"], "kinds": list(opts.exclude_kinds),
                          "n": len(entries)}
     result["seconds"] = round(time.time() - started, 2)
     write_json(paths["audit.json"], result, indent=1)
     write_text(paths["audit.html"], render_audit(result))
     write_text(paths["exclude.txt"], format_exclude(entries))
+    write_json(paths["groups.json"], groups_json(
+        [[m["path"] for m in g["members"]] for g in result["duplicates"]["groups"]],
+        data_dir=result["data_dir"], threshold=opts.threshold), indent=0)
     result["files"] = paths
     return result
 
@@ -209,4 +214,5 @@ def say_audit(result: dict, say) -> None:
         f"{b['imbalance']:.2f})")
     e = result["exclude"]
     say(f"report: {result['files']['audit.html']}; {e['n']} images ({', '.join(e['kinds'])}) "
-        f"listed in {e['path']}: `python cli.py fit --exclude {e['path']}` leaves them out")
+        f"listed in {e['path']}: `python cli.py fit --exclude {e['path']}` leaves them out; "
+        f"`extract --dedupe-split {result['files']['groups.json']}` splits every group as one")
