@@ -1,28 +1,40 @@
-"""Outliers (images far from every other image: a screenshot, a blank frame, a stray photo)
+"""Outliers (images unlike the images around them: a screenshot, a blank frame, a stray photo)
 and class balance.
 
-An image's outlier score is 1 minus its mean cosine to its OUTLIER_K nearest images outside its
-own near-duplicate group (two copies of a blank frame keep each other company, not the data).
-Images scoring above median + SPREAD x MAD of all scores are flagged; the ranking is kept.
+The outlier score is the local outlier factor (scikit-learn's LocalOutlierFactor, OUTLIER_K
+neighbours) on the power-normalised features (features/audit/space.py's signed square root,
+without centring or unit length: an image with little activation, such as a blank frame, is odd
+by its magnitude, which cosine ignores), the neighbour graph taken from an exact faiss search.
+1 is an ordinary image; images above median + SPREAD x MAD of all scores are flagged, the
+ranking is kept. Measured on planted odd images (BENCHMARKS.md, "Audit").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-OUTLIER_K = 5
+OUTLIER_K = 20
 SPREAD = 6.0     # robust z above which an image is flagged (MAD scaled to a standard deviation)
 
 
-def outlier_scores(graph, groups) -> np.ndarray:
-    """1 - mean cosine to the OUTLIER_K nearest neighbours not in the row's own group."""
-    groups = np.asarray(groups)
-    rows, sims = graph.rows, graph.sims
-    foreign = (rows >= 0) & (groups[np.maximum(rows, 0)] != groups[:, None])
-    ranks = np.cumsum(foreign, axis=1)
-    use = foreign & (ranks <= OUTLIER_K)
-    count = np.maximum(use.sum(axis=1), 1)
-    return 1.0 - (np.where(use, sims, 0.0).sum(axis=1) / count)
+def outlier_scores(X) -> np.ndarray:
+    """The local outlier factor of every row of raw features X (n, d)."""
+    from scipy.sparse import csr_matrix
+    from sklearn.neighbors import LocalOutlierFactor
+
+    from features.audit.index import faiss
+    from features.audit.space import power
+
+    F = np.ascontiguousarray(power(X), np.float32)
+    n = len(F)
+    k = max(1, min(OUTLIER_K, n - 2))
+    index = faiss().IndexFlatL2(F.shape[1])
+    index.add(F)
+    squared, rows = index.search(F, k + 1)   # each row's k nearest and itself (sklearn's form)
+    dist = np.sqrt(np.maximum(squared, 0)).ravel()
+    graph = csr_matrix((dist, rows.ravel(), np.arange(0, n * (k + 1) + 1, k + 1)), shape=(n, n))
+    lof = LocalOutlierFactor(n_neighbors=k, metric="precomputed").fit(graph)
+    return -lof.negative_outlier_factor_
 
 
 def flagged(scores) -> tuple[np.ndarray, float]:

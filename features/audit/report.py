@@ -11,7 +11,8 @@ from features.mistakes import STYLE, thumbnail_uri
 
 SHOWN = 36   # images (or groups) per section
 
-_EXTRA = (".group{border:1px solid #bbb;margin:6px 0;padding:4px}.group.leak{border-color:#c00}"
+_EXTRA = (".groups{display:flex;flex-wrap:wrap;gap:8px}"
+          ".group{border:1px solid #bbb;padding:4px}.group.leak{border-color:#c00}"
           ".group h4{margin:2px 0;font-size:13px}.num td,.num th{border:1px solid #ccc;"
           "padding:2px 8px}.num{border-collapse:collapse}")
 
@@ -35,6 +36,7 @@ def _groups_section(dups: dict, root: str) -> list[str]:
            f"{dups['n_leaked']} images, were seen in training: a leak), {dups['n_mixed_labels']} "
            f"hold more than one class. Pairs score at least {dups['threshold']} "
            "(CSLS of cosine similarity; README, audit).</p>")]
+    out.append('<div class="groups">')
     for group in groups[:SHOWN]:
         flags = [w for w, on in (("across splits", group["cross_split"]),
                                  ("mixed classes", group["mixed_labels"])) if on]
@@ -45,6 +47,7 @@ def _groups_section(dups: dict, root: str) -> list[str]:
                                         + (" kept" if m["keep"] else "")])
                 for m in group["members"]]
         out.append("</div></div>")
+    out.append("</div>")
     if len(groups) > SHOWN:
         out.append(f"<p>{len(groups) - SHOWN} more groups are in audit.json.</p>")
     return out
@@ -89,10 +92,11 @@ def render_audit(result: dict, data_dir: str | None = None) -> str:
                                      esc(r["split"])], root)
     body += _images_section(
         "Outliers",
-        f"{outliers['n_flagged']} images far from every other image (mean cosine distance to "
-        f"their {outliers['k']} nearest, above {outliers['threshold']:.3f}), farthest first.",
+        f"{outliers['n_flagged']} images unlike the images around them (local outlier factor "
+        f"over {outliers['k']} neighbours above {outliers['threshold']:.3f}; 1 is ordinary), "
+        "most unusual first.",
         outliers["ranked"], lambda r: [f"<b>{esc(r['class'])}</b> ({esc(r['split'])})",
-                                       f"distance {r['score']:.3f}"], root)
+                                       f"outlier factor {r['score']:.3f}"], root)
     body += _balance_table(result["balance"])
     title = f"Audit of {os.path.basename(result['features'])}"
     return ("<!doctype html><html><head><meta charset='utf-8'>"

@@ -71,9 +71,10 @@ def find_all(cache, layer: str, layers, opts: AuditOptions, say) -> Findings:
     dup_groups = dup.duplicate_groups(pairs, groups, cache.split, cache.labels)
     say(f"near-duplicates: {len(dup_groups)} groups; finding label errors "
         f"({opts.folds}-fold out-of-fold probabilities) ...")
-    issues = lab.find_label_issues(cache.features(layers), cache.labels, groups, folds=opts.folds,
-                                   seed=opts.seed, n_jobs=opts.n_jobs)
-    scores = out.outlier_scores(graph, groups)
+    X = cache.features(layers)
+    issues = lab.find_label_issues(X, cache.labels, groups, folds=opts.folds, seed=opts.seed,
+                                   n_jobs=opts.n_jobs)
+    scores = out.outlier_scores(X)
     rows, threshold = out.flagged(scores)
     return Findings(pairs, groups, dup_groups, dup.leaked_rows(dup_groups, cache.split), issues,
                     scores, rows, threshold)
@@ -110,7 +111,8 @@ def _labels_json(cache, f: Findings) -> dict:
 
     flagged = [int(i) for i in issues.ranked if issues.flagged[i]]
     return {"method": "cleanlab find_label_issues (prune_by_noise_rate) on out-of-fold "
-                      "probabilities of a logistic head; ranked by self-confidence",
+                      "probabilities of a logistic head; ranked by self-confidence (the "
+                      "probability of the given label)",
             "n_flagged": len(flagged), "cv_accuracy": issues.cv_accuracy, "folds": issues.folds,
             "ranked": [row(i) for i in flagged]}
 
@@ -141,13 +143,13 @@ def exclude_entries(cache, f: Findings, kinds) -> list[tuple[str, str]]:
                     if r != g.keep:
                         add(r, f"near-duplicate of {cache.paths[g.keep]}")
         elif kind == "labels":
-            for i in f.issues.ranked[:int(f.issues.flagged.sum())]:
+            for i in (i for i in f.issues.ranked if f.issues.flagged[i]):
                 best = int(np.argmax(f.issues.proba[i]))
                 add(int(i), f"labelled {cache.class_names[int(cache.labels[i])]}, looks like "
                             f"{cache.class_names[best]}")
         elif kind == "outliers":
             for i in f.outlier_rows:
-                add(int(i), f"outlier (distance {f.outlier_score[i]:.3f})")
+                add(int(i), f"outlier (local outlier factor {f.outlier_score[i]:.3f})")
     return out_rows
 
 
@@ -207,7 +209,7 @@ def say_audit(result: dict, say) -> None:
         f"{labels['cv_accuracy']:.3f})"
         + "".join(f"\n    {r['path']}: labelled {r['given']}, looks like {r['suggested']} "
                   f"({r['suggested_probability']:.2f})" for r in labels["ranked"][:5]))
-    say(f"  outliers: {o['n_flagged']} (distance above {o['threshold']:.3f})"
+    say(f"  outliers: {o['n_flagged']} (local outlier factor above {o['threshold']:.3f})"
         + "".join(f"\n    {r['path']}: {r['score']:.3f}" for r in o["ranked"][:3]))
     b = result["balance"]
     say(f"  classes: {', '.join(f'{c} {n}' for c, n in b['counts'].items())} (largest/smallest "
