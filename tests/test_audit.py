@@ -159,3 +159,25 @@ def test_audit_refuses_bad_input_in_one_line(tmp_path):
         done = run_cli(*argv)
         assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "no 'paths'" in run_cli("audit", "--features", path).stderr
+
+
+def test_extract_exclude_leaves_listed_images_out_and_drops_them_from_a_cache(tiny_copy,
+                                                                               tmp_path):
+    from features.store import Cache
+
+    from .helpers import extract
+
+    full = extract(tiny_copy, tmp_path / "full.h5")
+    with Cache(full["path"]) as cache:
+        paths = list(cache.paths)
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{paths[0]}  # a copy\n{paths[5]}\n")
+    out = tmp_path / "ex.h5"
+    extract(tiny_copy, out, exclude=str(listed))
+    with Cache(str(out)) as cache:
+        assert cache.paths == [p for p in paths if p not in (paths[0], paths[5])]
+    listed.write_text(f"{paths[0]}\n{paths[5]}\n{paths[9]}\n")
+    grown = extract(tiny_copy, out, exclude=str(listed))
+    assert grown["removed"] == [paths[9]]
+    with Cache(str(out)) as cache:
+        assert paths[9] not in cache.paths and len(cache) == len(paths) - 3
