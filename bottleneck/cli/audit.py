@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bottleneck.cli.common import add_cache_args, options_from_args
 from features.audit.duplicates import THRESHOLD
-from features.audit.run import EXCLUDE_KINDS as KINDS
+from features.audit.exclude import EXCLUDE_KINDS as KINDS
 
 
 def add_parser(sub):

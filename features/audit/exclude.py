@@ -13,6 +13,9 @@ import os
 
 from features.errors import UserError
 
+# what an audit's exclude list can hold (audit --exclude-kinds)
+EXCLUDE_KINDS = ("duplicates", "leaks", "labels", "outliers")
+
 
 def read_exclude(path: str, data_dir: str = "") -> set[str]:
     """The relative paths listed in the exclude file at `path`."""

@@ -56,7 +56,8 @@ def _groups_section(dups: dict, root: str) -> list[str]:
 def _images_section(title: str, intro: str, rows: list[dict], caption, root: str) -> list[str]:
     out = [f"<h2>{html.escape(title)}</h2>", f"<p>{intro}</p>", '<div class="mistakes">']
     out += [_tile(r["path"], root, caption(r)) for r in rows[:SHOWN]]
-    return out + ["</div>"]
+    more = [f"<p>The first {SHOWN} of {len(rows)} are shown; all are in audit.json.</p>"]
+    return out + ["</div>"] + (more if len(rows) > SHOWN else [])
 
 
 def _balance_table(balance: dict) -> list[str]:

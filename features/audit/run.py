@@ -13,9 +13,9 @@ import numpy as np
 from features.audit import duplicates as dup
 from features.audit import labels as lab
 from features.audit import outliers as out
+from features.audit.exclude import EXCLUDE_KINDS
 from features.errors import UserError
 
-EXCLUDE_KINDS = ("duplicates", "leaks", "labels", "outliers")
 GRAPH_K = 20   # neighbours per image kept for pairs and outliers
 
 
