@@ -50,7 +50,8 @@ class CosineKNN(ClassifierMixin, BaseEstimator):
         return self._shares(self.y_index_[rows], k)
 
     def predict(self, X):
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def grid_outputs(self, models, X_fit, y_fit, X_held) -> list:
         """Held-out probabilities of each of `models` (clones differing in n_neighbors) fitted
