@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.split import assign_new_split
+from features.cache.split import assign_new_split
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Growth:
 
 
 def plan_growth(cache, paths, labels, class_names, rejected) -> Growth:
-    """Compare `cache` (a features.store.Cache) with a folder scan (paths, labels, class names,
-    rejected names): rows of images still there stay, images it never listed are new."""
+    """Compare `cache` (a features.cache.store.Cache) with a folder scan (paths, labels, class
+    names, rejected names): rows of images still there stay, images it never listed are new."""
     pos = {path: i for i, path in enumerate(paths)}
     listed = set(pos) | {path for path, _ in rejected}
     known = set(cache.paths) | {path for path, _ in cache.skipped}
@@ -60,7 +60,7 @@ def growth_from_json(data: dict) -> Growth:
 
 
 def new_split(growth: Growth, cache, *, test_size: float, val_size: float, seed: int):
-    """Split codes of the new images (features/split.py's hash rule); kept rows keep theirs."""
+    """Split codes of the new images (split.py's hash rule); kept rows keep theirs."""
     kept_codes = cache.split[growth.keep]
     return assign_new_split(growth.new_paths, growth.new_labels, growth.keep_labels, kept_codes,
                             test_size=test_size, val_size=val_size, seed=seed)

@@ -7,8 +7,9 @@ A head file is a joblib pickle of one dict::
      provenance..., "layer": NAME | "all", "feature_layers": [NAME, ...]}, "scores": {...},
      "created": ISO time}
 
-In memory (`make_bundle`, `load_head`) the provenance is a `features.provenance.Provenance`; the
-file holds its `to_json()` dict, so the format stays plain data.
+In memory (`make_bundle`, `load_head`) the provenance is a
+`features.cache.provenance.Provenance`; the file holds its `to_json()` dict, so the format stays
+plain data.
 
 SAFETY: joblib (pickle) runs code while it loads a file. Only load head files you made yourself or
 otherwise trust. `load_head` refuses anything that is not our dict, but it can only check that
@@ -21,9 +22,10 @@ import os
 from datetime import datetime, timezone
 
 from features.atomic import atomic_path
-from features.ensemble import ENSEMBLE_FORMAT
+from features.cache.provenance import COMPATIBLE_KEYS, Provenance
+from features.ensembles.combination import ENSEMBLE_FORMAT
 from features.errors import UserError, check_format_version
-from features.provenance import COMPATIBLE_KEYS, Provenance
+from features.pickled import load_pickled
 
 HEAD_FORMAT = "bottleneck-head"
 HEAD_FORMAT_VERSION = 1
@@ -56,13 +58,11 @@ def load_head(path: str) -> dict:
 
     joblib/pickle executes code on load: only load files you trust.
     """
-    import joblib
-
     if not os.path.isfile(path):
         raise UserError(f"no head file at {path}; fit one with `python cli.py fit` "
                         "(or fit-svm / fit-logistic / fit-mlp)")
     try:
-        bundle = joblib.load(path)
+        bundle = load_pickled(path)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file to the user
         raise UserError(f"{path} is not a readable head file ({type(exc).__name__}: {exc})") from exc
     if isinstance(bundle, dict) and bundle.get("format") == ENSEMBLE_FORMAT:
@@ -111,7 +111,7 @@ def check_head_matches(bundle: dict, features) -> None:
 def check_head_current(bundle: dict) -> None:
     """Refuse a head whose own cache has since grown new classes (it can never predict them),
     naming them; a cache grown by images only, or gone, or replaced by another, is no reason."""
-    from features.store import read_provenance
+    from features.cache.store import read_provenance
 
     prov = bundle["provenance"]
     now = read_provenance(prov.cache_path) if prov.cache_path else None

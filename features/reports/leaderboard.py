@@ -113,7 +113,7 @@ def new_row(head_path: str, kind: str, *, cv_mean: float, cv_std: float, test_ac
 def record_head(head_path: str, kind: str, *, cv_mean: float, cv_std: float, test_accuracy,
                 fit_seconds: float, provenance) -> Board:
     """Record the head just saved at `head_path`, fitted on the cache `provenance` describes."""
-    from features.heads import NOT_TRANSPLANTABLE
+    from features.heads.kinds import NOT_TRANSPLANTABLE
 
     return record(head_path, new_row(
         head_path, kind, cv_mean=cv_mean, cv_std=cv_std, test_accuracy=test_accuracy,

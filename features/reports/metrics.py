@@ -1,5 +1,5 @@
 """Scores and reports of a head on the cache's test split: metrics.json, text report, confusion PNG,
-and the mistakes gallery (features/mistakes.py)."""
+and the mistakes gallery (features/reports/mistakes.py)."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def save_figure(fig, path: str) -> None:
 def write_report(directory: str, *, metrics: dict, cv: dict, text: str, class_names, head: dict,
                  title: str = "", gallery: dict | None = None) -> dict:
     """Write metrics.json, classification_report.txt and confusion_matrix.png; with `gallery`
-    (features.mistakes.gallery_data) also its keys in metrics.json and mistakes.html, the test
-    images most confidently wrong and the most-confused pairs. Returns the files' paths."""
+    (features.reports.mistakes.gallery_data) also its keys in metrics.json and mistakes.html, the
+    test images most confidently wrong and the most-confused pairs. Returns the files' paths."""
     os.makedirs(directory, exist_ok=True)
     files = {"metrics": os.path.join(directory, "metrics.json"),
              "classification_report": os.path.join(directory, "classification_report.txt"),
@@ -99,7 +99,7 @@ def write_report(directory: str, *, metrics: dict, cv: dict, text: str, class_na
     write_text(files["classification_report"], text)
     save_confusion_png(files["confusion_matrix"], metrics["confusion_matrix"], class_names, title)
     if gallery is not None:
-        from features.mistakes import render_page
+        from features.reports.mistakes import render_page
 
         files["mistakes"] = os.path.join(directory, "mistakes.html")
         write_text(files["mistakes"], render_page(gallery, f"Mistakes: {title or 'test split'}"))

@@ -1,11 +1,12 @@
 """Stage 2 heads: scikit-learn pipelines on cached features, chosen by cross-validation.
 
 Every head is a `Pipeline([scaling..., optional PCA, classifier])` whose `predict_proba` is exactly
-expressible as a few numpy ops on the flattened, concatenated features (features/spec.py), so the
-network transplant (finetune) can reproduce it. Probabilities are DEFINED as:
+expressible as a few numpy ops on the flattened, concatenated features
+(features/heads/layer_spec.py), so the network transplant (finetune) can reproduce it.
+Probabilities are DEFINED as:
 
 * logistic: softmax of the logits (binary: logits [0, z]), i.e. sklearn's own predict_proba;
-* the others: as features/estimators.py defines them (tempered softmax of SVM/SGD decision
+* the others: as features/heads/estimators.py defines them (tempered softmax of SVM/SGD decision
   values; the MLP's own softmax).
 
 Splits: hyper-parameters are chosen by stratified k-fold CV on the cache's train split only; the
@@ -57,7 +58,7 @@ def make_pipeline(kind: str, *, scaling: str = "standard", pca=None, class_weigh
 
 
 def _classifier(kind: str, class_weight, seed: int):
-    from features import estimators as est
+    from features.heads import estimators as est
 
     if kind == "svm":
         return est.TemperedLinearSVC(class_weight=class_weight, random_state=seed)
@@ -117,8 +118,8 @@ def cv_splitter(y, folds: int, seed: int, groups=None):
     Above search.HOLDOUT_ABOVE training rows, only the first fold is used: one stratified hold-out of
     1/k of the rows, which at that size measures accuracy to a fraction of a point at 1/k of the
     cost."""
-    from features.estimators import FirstSplit, smallest_class, stratified_folds
-    from features.search import is_large
+    from features.heads.estimators import FirstSplit, smallest_class, stratified_folds
+    from features.heads.search import is_large
 
     smallest = smallest_class(y, groups)
     folds = min(int(folds), smallest)
@@ -134,8 +135,8 @@ def fit_head(kind: str, X_train, y_train, X_val=None, y_val=None, *, scaling="st
              mlp_params=None, groups=None, fold_set=None):
     """Choose hyper-parameters by stratified k-fold CV on (X_train, y_train), refit, return
     (fitted pipeline, info with cv scores and chosen params). Never sees any test data.
-    `fold_set`: the folds' preprocessed data shared with other heads (features/search.py)."""
-    from features.search import FoldSet, blas_threads, search
+    `fold_set`: the folds' preprocessed data shared with other heads (features/heads/search.py)."""
+    from features.heads.search import FoldSet, blas_threads, search
 
     started = time.time()
     pipe = make_pipeline(kind, scaling=scaling, pca=pca, class_weight=class_weight, seed=seed)
@@ -179,7 +180,7 @@ def clone_with(pipe, params: dict):
 
 def _refit(final, train, val, refit_on: str, preconditioner=None) -> str:
     """Fit the chosen pipeline on train, or on train+val; returns which rows it saw.
-    `preconditioner`: the search's, reused by a linear head's solver (features/solvers.py)."""
+    `preconditioner`: the search's, reused by a linear head's solver (features/heads/solvers.py)."""
     X, y, groups = train
     X_val, y_val = val
     if refit_on == "train+val" and X_val is not None and len(X_val):
@@ -205,11 +206,11 @@ def _stacked(X, X_val):
 
 
 def _fit_pipeline(pipe, X, y, params: dict) -> None:
-    """Pipeline.fit, lean on large data (features/search.py): a linear head behind one
+    """Pipeline.fit, lean on large data (features/heads/search.py): a linear head behind one
     StandardScaler reads the rows through a Standardized view (no scaled copy); other
     preprocessing is fitted and applied a block of rows at a time."""
-    from features.search import fit_prefix, fit_scaler, is_large, standard_only
-    from features.solvers import Standardized
+    from features.heads.search import fit_prefix, fit_scaler, is_large, standard_only
+    from features.heads.solvers import Standardized
 
     _, clf = pipe.steps[-1]
     params = {key.split("__", 1)[1]: value for key, value in params.items()}

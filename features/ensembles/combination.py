@@ -4,7 +4,7 @@ An ensemble combines heads fitted on different caches (backbones, layers, image 
 same images. Its probabilities are the weighted mean of its members' (`combine="mean"`), or a
 stacked multinomial logistic regression on the members' log-probabilities (`combine="stack"`).
 The weights (or the stacker) are chosen on out-of-fold probabilities of the train split, never
-on test (features/ensembling.py runs that; this module only computes).
+on test (features/ensembles/run.py runs that; this module only computes).
 
 An ensemble file is a joblib pickle of one dict (`Ensemble.to_file` / `from_file`)::
 
@@ -27,8 +27,9 @@ from datetime import datetime, timezone
 import numpy as np
 
 from features.atomic import atomic_path
+from features.cache.provenance import Provenance
 from features.errors import UserError, check_format_version
-from features.provenance import Provenance
+from features.pickled import load_pickled
 
 ENSEMBLE_FORMAT = "bottleneck-ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
@@ -230,12 +231,10 @@ def save_ensemble(path: str, ensemble: Ensemble) -> str:
 
 def read_model_file(path: str):
     """The raw dict of a .joblib model file (head or ensemble); UserError when unreadable."""
-    import joblib
-
     if not os.path.isfile(path):
         raise UserError(f"no model file at {path}")
     try:
-        return joblib.load(path)
+        return load_pickled(path)
     except Exception as exc:  # any unpickling failure is a bad file to the user
         raise UserError(f"{path} is not a readable model file ({type(exc).__name__}: "
                         f"{exc})") from exc

@@ -16,8 +16,8 @@ Layout of one cache file (FORMAT_VERSION 1)::
            its identity is the sha256 in 'weights')
 
 The attributes other than format_version, complete, created and n_images are the cache's
-`Provenance` (features/provenance.py). A file only exists under its final name once it is complete
-(written to a temporary name and renamed), and readers also check attrs['complete'].
+`Provenance` (features/cache/provenance.py). A file only exists under its final name once it is
+complete (written to a temporary name and renamed), and readers also check attrs['complete'].
 
 `Cache` is the one reader: `features(layers, rows)` for one layer or several concatenated,
 `views(layers, rows)` for the augmented views, `iter_chunks(layers, rows)` to stream.
@@ -34,9 +34,9 @@ import h5py
 import numpy as np
 
 from features.atomic import atomic_path
+from features.cache.provenance import Provenance, data_identity
+from features.cache.split import SPLIT_NAMES
 from features.errors import UserError, check_format_version
-from features.provenance import Provenance, data_identity
-from features.split import SPLIT_NAMES
 
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.estimators import TemperedKernelSVC, as_logits, fit_temperature
-from features.solvers import Standardized, linear_decision, row_blocks
+from features.heads.estimators import TemperedKernelSVC, as_logits, fit_temperature
+from features.heads.solvers import Standardized, linear_decision, row_blocks
 
 
 @dataclass
@@ -54,8 +54,8 @@ class FoldSet:
 
     def preconditioner(self, prefix, data: list[FoldData] | None = None):
         """One preconditioner for the linear solvers of every fold, C and the final refit (from
-        the first fold's rows: it only has to be close, see features/solvers.py)."""
-        from features.solvers import Preconditioner
+        the first fold's rows: it only has to be close, see features/heads/solvers.py)."""
+        from features.heads.solvers import Preconditioner
 
         key = repr(prefix)
         if key not in self._preconditioners:

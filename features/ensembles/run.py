@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features.atomic import check_writable, write_text
-from features.ensemble import (
+from features.cache.split import SPLIT_NAMES
+from features.cache.store import Cache
+from features.ensembles.combination import (
     Ensemble,
     Member,
     choose_weights,
@@ -29,10 +31,8 @@ from features.ensemble import (
     save_ensemble,
 )
 from features.errors import UserError
-from features.headfile import check_head_matches, load_head
-from features.report import classification_text, test_metrics, write_report
-from features.split import SPLIT_NAMES
-from features.store import Cache
+from features.heads.headfile import check_head_matches, load_head
+from features.reports.metrics import classification_text, test_metrics, write_report
 
 
 @dataclass
@@ -269,7 +269,7 @@ def _table_rows(summary: dict, ensemble: Ensemble):
 def _report(ensemble: Ensemble, opts: EnsembleOptions, first: _Source, test, y_test, proba):
     """metrics.json (members beside the ensemble), the text report, confusion matrix,
     mistakes.html and members.md."""
-    from features.mistakes import gallery_data
+    from features.reports.mistakes import gallery_data
 
     names = list(ensemble.class_names)
     summary = _summary(ensemble, opts)

@@ -5,7 +5,7 @@ Probabilities are DEFINED as:
 * logistic: softmax of the logits (its own probabilities);
 * linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
   on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
-* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained in numpy (features/mlp.py);
+* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained in numpy (features/heads/mlp.py);
 * kernel SVM: softmax(temperature * one-vs-rest decision function), like the linear SVM (not
   expressible as layers).
 
@@ -160,7 +160,7 @@ class SoftmaxLinearMixin(TemperedSoftmaxMixin):
 
 
 class LinearSolverMixin(SoftmaxLinearMixin):
-    """A linear head solved by features/solvers.py: `loss` names the objective, `C` its
+    """A linear head solved by features/heads/solvers.py: `loss` names the objective, `C` its
     strength, `class_weight` weights rows like scikit-learn's."""
 
     loss = "logistic"
@@ -170,7 +170,7 @@ class LinearSolverMixin(SoftmaxLinearMixin):
         the same data (warm start along a C grid). Returns self."""
         from sklearn.utils.class_weight import compute_sample_weight
 
-        from features.solvers import fit_linear
+        from features.heads.solvers import fit_linear
 
         self.classes_ = np.unique(y)
         if len(self.classes_) < 2:
@@ -187,8 +187,8 @@ class LinearSolverMixin(SoftmaxLinearMixin):
         return self
 
     def fit_standardized(self, view, y, preconditioner=None):
-        """Fit on a features.solvers.Standardized view of a large training set (no scaled copy);
-        a tempered head takes the `temperature` its search fitted."""
+        """Fit on a features.heads.solvers.Standardized view of a large training set (no scaled
+        copy); a tempered head takes the `temperature` its search fitted."""
         self.solve(view, np.asarray(y), preconditioner)
         self.n_features_in_ = view.shape[1]
         if "temperature" in self.get_params():
@@ -379,8 +379,9 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
 
 class NumpyMLP(ClassifierMixin, BaseEstimator):
     """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained in numpy
-    (features/mlp.py: Adam, L2, early stopping on a validation set, seeded) and stored as numpy
-    arrays, so neither training nor loading needs TensorFlow. `weights_` = [W1, b1, W2, b2]."""
+    (features/heads/mlp.py: Adam, L2, early stopping on a validation set, seeded) and stored as
+    numpy arrays, so neither training nor loading needs TensorFlow.
+    `weights_` = [W1, b1, W2, b2]."""
 
     def __init__(self, hidden=256, dropout=0.5, learning_rate=5e-3, l2=1e-4, batch_size=256,
                  max_epochs=200, patience=3, class_weight=None, random_state=0):
@@ -395,7 +396,7 @@ class NumpyMLP(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X, y, X_val=None, y_val=None, groups=None):
-        from features.mlp import MLPSettings, train_mlp
+        from features.heads.mlp import MLPSettings, train_mlp
 
         X, y = checked_training_data(self, X, y)
         X = np.asarray(X, dtype=np.float32)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from features.atomic import atomic_path, write_json
+from features.cache.provenance import CONTENT_KEYS, Provenance
 from features.errors import UserError
-from features.provenance import CONTENT_KEYS, Provenance
 
 
 @dataclass(frozen=True)

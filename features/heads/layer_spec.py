@@ -9,7 +9,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 
 from features.errors import UserError
-from features.estimators import NumpyMLP, SoftmaxLinearMixin, softmax
+from features.heads.estimators import NumpyMLP, SoftmaxLinearMixin, softmax
 
 NOT_EXPRESSIBLE = ("--head-init random, or refit a linear head with fit-svm/fit-logistic "
                    "(or an MLP head with fit-mlp)")

@@ -1,7 +1,7 @@
 """The mistakes gallery of every stage report: the test images a model got most confidently wrong,
 and the class pairs it confuses most (like fastai's `plot_top_losses` and `most_confused`).
 
-Pure functions, shared by fit's report (features/report.py), finetune's and run's:
+Pure functions, shared by fit's report (features/reports/metrics.py), finetune's and run's:
 `gallery_data` picks the mistakes and pairs (JSON-ready, relative paths, for metrics.json);
 `render_fragment` turns that into an HTML fragment with thumbnails embedded as base64 JPEG data
 URIs, so a report stays one self-contained file; `render_page` wraps it as a whole page. An image

@@ -16,8 +16,8 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from features.estimators import TemperedSGD, fit_temperature
-from features.heads import cv_splitter
+from features.heads.estimators import TemperedSGD, fit_temperature
+from features.heads.kinds import cv_splitter
 
 ALPHAS = (1e-4, 1e-3, 1e-2)
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features import leaderboard
 from features.atomic import check_writable
+from features.cache.store import Cache, newest_cache
 from features.errors import UserError
-from features.headfile import make_bundle, save_head
-from features.heads import (
+from features.heads.headfile import make_bundle, save_head
+from features.heads.kinds import (
     DEFAULT_FIT_KINDS,
     KINDS,
     LINEAR_KINDS,
@@ -25,15 +25,15 @@ from features.heads import (
     fit_head,
     too_large,
 )
-from features.mistakes import gallery_data
-from features.outofcore import (
+from features.heads.outofcore import (
     block_rows_for,
     default_memory_budget_mb,
     fit_sgd_outofcore,
     memory_estimate_mb,
 )
-from features.report import classification_text, test_metrics, write_report
-from features.store import Cache, newest_cache
+from features.reports import leaderboard
+from features.reports.metrics import classification_text, test_metrics, write_report
+from features.reports.mistakes import gallery_data
 
 
 @dataclass
@@ -119,7 +119,7 @@ class _Data:
 
     def folds(self, opts: FitOptions):
         """The CV folds of the training rows, their preprocessing shared by every head kind."""
-        from features.search import FoldSet
+        from features.heads.search import FoldSet
 
         if self._folds is None:
             X, y, X_val, y_val, groups = self.xy()
