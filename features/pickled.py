@@ -21,6 +21,7 @@ MOVED = {
     "features.grow": "features.cache.grow", "features.split": "features.cache.split",
     "features.provenance": "features.cache.provenance",
     "features.versions": "features.cache.versions",
+    "features.split_record": "features.cache.split_record",
     "features.heads": "features.heads.kinds", "features.estimators": "features.heads.estimators",
     "features.solvers": "features.heads.solvers", "features.search": "features.heads.search",
     "features.fitting": "features.heads.run", "features.mlp": "features.heads.mlp",
