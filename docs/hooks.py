@@ -1,4 +1,4 @@
-"""MkDocs hook: a pipe inside a table cell is written `\|` in docs/ (GitHub's tables need the
+r"""MkDocs hook: a pipe inside a table cell is written `\|` in docs/ (GitHub's tables need the
 escape); Python-Markdown's tables keep pipes inside code spans without it and would show the
 backslash, so table rows get the plain pipe before they are rendered."""
 
