@@ -101,7 +101,7 @@ def main(argv=None) -> None:
     from features.audit import duplicates as dup
     from features.audit.index import load_or_build
     from features.audit.run import GRAPH_K, AuditOptions, find_all
-    from features.store import Cache
+    from features.cache.store import Cache
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--features", required=True)

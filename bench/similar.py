@@ -26,8 +26,8 @@ import numpy as np
 
 
 def synthetic_cache(path: str, rows: int, dim: int, seed: int = 0) -> None:
-    from features.provenance import Provenance
-    from features.store import write_cache
+    from features.cache.provenance import Provenance
+    from features.cache.store import write_cache
 
     rng = np.random.default_rng(seed)
     centres = rng.gamma(1.0, 1.0, size=(20, dim)).astype(np.float32)
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     from sklearn.neighbors import NearestNeighbors
 
     from features.audit.index import index_path, load_or_build, read_index
-    from features.store import Cache
+    from features.cache.store import Cache
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=100_000)

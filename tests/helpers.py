@@ -48,9 +48,9 @@ def write_synthetic_cache(path, features: dict, labels, class_names, split=None,
                           data_dir="/nowhere", paths=None):
     """A cache of the given feature arrays, written through the store (no images, no network;
     `paths`, relative to `data_dir`, default img0.png, img1.png, ...)."""
-    from features.provenance import Provenance
-    from features.split import assign_split
-    from features.store import write_cache
+    from features.cache.provenance import Provenance
+    from features.cache.split import assign_split
+    from features.cache.store import write_cache
 
     labels = np.asarray(labels, dtype=np.int32)
     if split is None:

@@ -47,7 +47,7 @@ def planted_cache(tmp_path, names=("a", "b", "c")):
 
 def audit_graph(path):
     from features.audit.index import load_or_build
-    from features.store import Cache
+    from features.cache.store import Cache
 
     with Cache(path) as cache:
         return load_or_build(cache, "pool", ["pool"], say=lambda *a: None).graph(20)
@@ -128,7 +128,7 @@ def test_exclude_list_reading(tmp_path):
 
 def test_index_is_kept_and_rebuilt_when_the_cache_changes(tmp_path):
     from features.audit.index import index_path, load_or_build
-    from features.store import Cache
+    from features.cache.store import Cache
 
     X, y, _ = planted_features()
     path = write_synthetic_cache(tmp_path / "c.h5", {"pool": X}, y, ["a", "b", "c"])
@@ -163,7 +163,7 @@ def test_audit_refuses_bad_input_in_one_line(tmp_path):
 
 def test_extract_exclude_leaves_listed_images_out_and_drops_them_from_a_cache(tiny_copy,
                                                                                tmp_path):
-    from features.store import Cache
+    from features.cache.store import Cache
 
     from .helpers import extract
 

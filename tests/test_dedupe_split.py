@@ -12,7 +12,7 @@ from .helpers import extract
 
 
 def test_grouped_split_keeps_groups_together_and_recorded_codes():
-    from features.split import grouped_split
+    from features.cache.split import grouped_split
 
     rng = np.random.default_rng(0)
     paths = [f"c{i % 3}/{i:03d}.jpg" for i in range(300)]
@@ -39,7 +39,7 @@ def test_grouped_split_keeps_groups_together_and_recorded_codes():
 
 def test_extract_dedupe_split_puts_each_group_in_one_split(tiny_copy, tmp_path):
     from features.errors import UserError
-    from features.store import Cache
+    from features.cache.store import Cache
 
     plain = extract(tiny_copy, tmp_path / "plain.h5")
     with Cache(plain["path"]) as cache:

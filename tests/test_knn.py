@@ -13,7 +13,7 @@ from .helpers import blobs, run_cli, write_synthetic_cache
 
 
 def test_cosine_knn_equals_sklearn_and_its_grid_pass_equals_separate_fits():
-    from features.knn import CosineKNN
+    from features.heads.knn import CosineKNN
 
     X, y = blobs(n_per_class=30, k=3, d=8, sep=1.0)
     fit, held = np.arange(0, 90, 1) % 3 != 0, np.arange(90) % 3 == 0
@@ -31,9 +31,9 @@ def test_cosine_knn_equals_sklearn_and_its_grid_pass_equals_separate_fits():
 
 def test_fit_knn_chooses_k_by_cv_and_is_not_transplantable(tmp_path):
     from features.errors import UserError
-    from features.headfile import load_head
-    from features.knn import K_GRID
-    from features.spec import head_layer_spec
+    from features.heads.headfile import load_head
+    from features.heads.knn import K_GRID
+    from features.heads.layer_spec import head_layer_spec
 
     X, y = blobs(n_per_class=40, k=3, d=8, sep=1.5)
     cache = write_synthetic_cache(tmp_path / "c.h5", {"a": X}, y, ["p", "q", "r"])

@@ -23,7 +23,7 @@ def cached(tiny_copy, tiny_weights, tmp_path):
 
 def test_a_cached_image_is_its_own_nearest_neighbour(cached, tmp_path):
     data, cache = cached
-    from features.store import Cache
+    from features.cache.store import Cache
 
     with Cache(cache) as c:
         queries = [c.paths[0], c.paths[7]]

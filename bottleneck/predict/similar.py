@@ -46,7 +46,7 @@ def find_similar(opts: SimilarOptions, say=print, on_query=None) -> dict:
     """Every query's neighbours (or why it could not be read); `on_query(row)` sees each."""
     from bottleneck.predict.predictor import collect_images, load_feature_predictor, predict_paths
     from features.audit.index import load_or_build
-    from features.store import Cache, newest_cache
+    from features.cache.store import Cache, newest_cache
 
     if opts.k < 1:
         raise UserError("-k must be at least 1")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.split import SPLIT_NAMES
+from features.cache.split import SPLIT_NAMES
 
 THRESHOLD = 0.2    # CSLS score at and above which two images are called near-duplicates
 LOCAL_K = 5        # neighbours that define an image's neighbourhood (r)

@@ -1,6 +1,6 @@
 """Likely label errors by confident learning (cleanlab) on out-of-fold probabilities.
 
-The probabilities come from our own cross-validation (features/search.py, one pass over the
+The probabilities come from our own cross-validation (features/heads/search.py, one pass over the
 folds): a logistic head on the power-normalised features (features/audit/space.py; 0.85 of
 planted swaps in the top 2n against 0.83 on raw features), C chosen on the same folds, every
 image scored by the model of the fold that did not see it. Folds keep each near-duplicate group together, so no image is scored
@@ -35,9 +35,9 @@ class LabelIssues:
 
 def out_of_fold_proba(X, y, groups, *, folds: int = 5, seed: int = 0, n_jobs: int = -1):
     """(probabilities (n, k) of the model that did not see each row, CV accuracy, folds)."""
-    from features.estimators import as_logits, smallest_class, softmax, stratified_folds
-    from features.heads import make_pipeline, param_grid
-    from features.search import FoldSet, search
+    from features.heads.estimators import as_logits, smallest_class, softmax, stratified_folds
+    from features.heads.kinds import make_pipeline, param_grid
+    from features.heads.search import FoldSet, search
 
     y = np.asarray(y)
     folds = min(int(folds), smallest_class(y, groups))

@@ -49,7 +49,7 @@ def flagged(scores) -> tuple[np.ndarray, float]:
 
 def class_balance(labels, split, class_names) -> dict:
     """Images per class, overall and per split, and the largest / smallest class ratio."""
-    from features.split import SPLIT_NAMES
+    from features.cache.split import SPLIT_NAMES
 
     labels, split = np.asarray(labels), np.asarray(split)
     k = len(class_names)

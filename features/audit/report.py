@@ -1,13 +1,13 @@
 """The audit's HTML page: near-duplicate groups, likely label errors and outliers with
 thumbnails, and class balance; one self-contained file (thumbnails are data URIs, every text is
-escaped), made with the mistakes gallery's pieces (features/mistakes.py)."""
+escaped), made with the mistakes gallery's pieces (features/reports/mistakes.py)."""
 
 from __future__ import annotations
 
 import html
 import os
 
-from features.mistakes import STYLE, thumbnail_uri
+from features.reports.mistakes import STYLE, thumbnail_uri
 
 SHOWN = 36   # images (or groups) per section
 

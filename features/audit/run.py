@@ -165,7 +165,7 @@ def run_audit(opts: AuditOptions, say=print) -> dict:
     from features.audit.groups import groups_json
     from features.audit.outliers import class_balance
     from features.audit.report import render_audit
-    from features.store import Cache, newest_cache
+    from features.cache.store import Cache, newest_cache
 
     check_options(opts)
     started = time.time()
