@@ -38,8 +38,8 @@ def test_grouped_split_keeps_groups_together_and_recorded_codes():
 
 
 def test_extract_dedupe_split_puts_each_group_in_one_split(tiny_copy, tmp_path):
-    from features.errors import UserError
     from features.cache.store import Cache
+    from features.errors import UserError
 
     plain = extract(tiny_copy, tmp_path / "plain.h5")
     with Cache(plain["path"]) as cache:
