@@ -70,6 +70,8 @@ class ExtractOptions:
     engine: str = "local"           # 'local': this machine's devices; 'ray': a Ray cluster
     address: str | None = None      # the Ray cluster to join (default: start a local Ray)
     split_from: str | None = None   # another cache whose split (and split flags) to reuse
+    exclude: str | None = None      # an exclude list: images of the folder left out of the cache
+    dedupe_split: str | None = None  # the audit's groups.json: each group kept in one split
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -121,7 +123,7 @@ def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_si
     return os.path.join("features", f"{name}_{backbone}{width}_{layer}_{pool}_{image_size}.h5")
 
 
-def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
+def plan_extraction(opts: ExtractOptions, say=print) -> ExtractionPlan:
     """Check every input, scan the folder, split it and build the network; writes nothing."""
     row = get_backbone(opts.backbone)
     weights = check_weights_arg(opts.weights)
@@ -132,7 +134,7 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
         check_ray(opts)
     alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
-    folder = scan_folder(opts.data)
+    folder = without_excluded(scan_folder(opts.data), opts.exclude, say)
     check_writable(opts.out or os.path.join("features", "cache.h5"))
     presplit = folder.split is not None
     source = _split_source(opts, folder)
@@ -171,8 +173,13 @@ def _split_source(opts: ExtractOptions, folder: ImageFolder) -> SplitSource | No
             raise UserError(f"--split-from: {folder.root} is split by its train/val/test "
                             "folders, which decide every image's split; leave the flag out")
         return None
-    return resolve_split_source(folder.root, SplitFlags(opts.seed, opts.test_size,
-                                                        opts.val_size), opts.split_from)
+    groups = None
+    if opts.dedupe_split:
+        from features.audit.groups import read_groups
+
+        groups = read_groups(opts.dedupe_split)
+    flags = SplitFlags(opts.seed, opts.test_size, opts.val_size, grouped=groups is not None)
+    return resolve_split_source(folder.root, flags, opts.split_from, groups)
 
 
 def _split_of(folder: ImageFolder, source: SplitSource, known: dict) -> np.ndarray:
@@ -180,7 +187,7 @@ def _split_of(folder: ImageFolder, source: SplitSource, known: dict) -> np.ndarr
     features/cache/split.py's rules."""
     flags = source.flags
     return folder_split(folder.paths, folder.labels, known, test_size=flags.test_size,
-                        val_size=flags.val_size, seed=flags.seed)
+                        val_size=flags.val_size, seed=flags.seed, groups=source.groups)
 
 
 def _record_split(plan: ExtractionPlan, paths, codes, say, *, planned: bool) -> None:
@@ -211,6 +218,22 @@ def _record_split(plan: ExtractionPlan, paths, codes, say, *, planned: bool) -> 
         f"to follow the record, or extract the others with --split-from {plan.out}")
 
 
+def without_excluded(folder: ImageFolder, exclude: str | None, say) -> ImageFolder:
+    """The folder less the images its exclude list names (said in one line); an image left out
+    of a cache that holds it is removed from it, as if deleted from the folder."""
+    if not exclude:
+        return folder
+    from features.audit.exclude import excluded_rows, read_exclude
+
+    rows = excluded_rows(read_exclude(exclude, folder.root), folder.paths, exclude, say)
+    keep = np.setdiff1d(np.arange(len(folder.paths)), rows)
+    if not len(keep):
+        raise UserError(f"--exclude {exclude} lists every image of {folder.root}")
+    say(f"excluded: {len(rows)} images listed in {exclude}")
+    return replace(folder, paths=[folder.paths[i] for i in keep], labels=folder.labels[keep],
+                   split=None if folder.split is None else folder.split[keep])
+
+
 def check_output_file(out: str, overwrite: bool) -> None:
     """An existing file at --out must be one of our caches (complete or not): anything else is
     never overwritten."""
@@ -239,7 +262,7 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
     interrupts the run exactly as Ctrl-C would, leaving a resumable journal.
     """
     started = time.time()
-    plan = plan_extraction(opts)
+    plan = plan_extraction(opts, say)
     journal = Journal(plan.out)
     with journal.lock():
         if os.path.exists(plan.out) and not opts.overwrite:
@@ -286,6 +309,12 @@ def _refuse_other_settings(plan: ExtractionPlan, existing: Cache) -> None:
     if diffs:
         raise UserError(f"{plan.out} already holds a different cache ({'; '.join(diffs)}); "
                         "pass another --out, or --overwrite to replace it")
+    grouped = [(rule or "").startswith("folder-record grouped")
+               for rule in (plan.provenance.split_rule, existing.provenance().split_rule)]
+    if grouped[0] != grouped[1]:
+        raise UserError(f"{plan.out} was split {'with' if grouped[1] else 'without'} "
+                        "--dedupe-split and this run asks otherwise; its rows keep their split "
+                        "for life: pass another --out, or --overwrite to re-split it")
 
 
 def _base(cache: Cache) -> dict:

@@ -1,4 +1,5 @@
-"""Start-up: help, info, backbones and the linear fit commands never import TensorFlow.
+"""Start-up: help, info, backbones, the linear and kNN fit commands never import TensorFlow
+(nor faiss or cleanlab, the audit extra: the --help probes check sklearn, which both import).
 
 Each command runs in a fresh interpreter that reports whether `tensorflow` got imported; no
 timing here (timings live in bench/startup.py)."""
@@ -33,7 +34,8 @@ def imports_of(*argv) -> dict:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["fit-svm", "--help"],
-                                  ["finetune", "--help"], ["backbones"]])
+                                  ["finetune", "--help"], ["backbones"], ["audit", "--help"],
+                                  ["similar", "--help"], ["fit-knn", "--help"]])
 def test_help_and_backbones_import_no_tensorflow(argv):
     seen = imports_of(*argv)
     assert seen["code"] == 0 and not seen["tf"], seen
@@ -45,7 +47,7 @@ def test_info_and_linear_fits_import_no_tensorflow(tmp_path):
     X, y = blobs(n_per_class=12, k=3, d=6)
     cache = write_synthetic_cache(tmp_path / "c.h5", {"a": X}, y, ["p", "q", "r"])
     assert imports_of("info", cache) == {"code": 0, "tf": False, "sklearn": False}
-    for command in ("fit-svm", "fit-logistic"):
+    for command in ("fit-svm", "fit-logistic", "fit-knn"):
         seen = imports_of(command, "--features", cache, "--out", str(tmp_path / "h.joblib"))
         assert seen["code"] == 0 and not seen["tf"], (command, seen)
 

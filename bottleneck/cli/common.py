@@ -17,6 +17,13 @@ def add_backbone_args(parser, *, weights_default="imagenet"):
                         help="square input size in pixels (default: the backbone's own, e.g. 224)")
 
 
+def add_cache_args(parser, layer_help: str) -> None:
+    """--features and --layer: the cache a command reads, and which of its layers."""
+    parser.add_argument("--features", default=None, metavar="FILE.h5",
+                        help="feature cache from `extract` (default: the newest under features/)")
+    parser.add_argument("--layer", default=None, metavar="NAME", help=layer_help)
+
+
 def options_from_args(cls, args, **overrides):
     """`cls(...)` from the parsed flags whose names are its fields, plus `overrides`: the flags
     and the dataclass are the two lists of names, and nothing copies one into the other by hand."""

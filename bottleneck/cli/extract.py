@@ -51,6 +51,14 @@ def add_parser(sub):
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="with --engine ray: the Ray cluster to join (e.g. ray://head:10001 or "
                         "auto); default: start a local Ray on this machine")
+    p.add_argument("--exclude", default=None, metavar="FILE",
+                   help="leave out the images listed in FILE (one path a line, relative to "
+                        "--data; `audit` writes one); on an existing cache they are removed "
+                        "like deleted images")
+    p.add_argument("--dedupe-split", default=None, metavar="GROUPS.json",
+                   help="split so that each near-duplicate group `audit` found (its groups.json) "
+                        "lands in one split: a split of its own, recorded beside the folder's "
+                        "plain one; use a new --out (or --overwrite)")
     p.add_argument("--out", default=None, metavar="FILE.h5",
                    help="cache file (default features/<data>_<backbone>[-a<alpha>]_<layer or Nlayers>"
                         "_<pool>_<size>.h5)")

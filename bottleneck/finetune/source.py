@@ -88,14 +88,15 @@ def load_from_head(path: str, say) -> Head:
     if kind not in NOT_TRANSPLANTABLE or not leaderboard.is_best_file(path):
         return load_head_spec(path, bundle)
     prov = bundle["provenance"]
+    what = "a kNN head keeps its training rows and" if kind == "knn" else "a kernel SVM"
     found = leaderboard.best_transplantable(path, prov.cache_path or "", prov.data_id)
     if found is None:
-        raise UserError(f"{path} is a {kind} head (a kernel SVM cannot become network layers) "
+        raise UserError(f"{path} is a {kind} head ({what} cannot become network layers) "
                         f"and {leaderboard.board_path(path)} lists no transplantable head of its "
                         "cache: fit one (e.g. `python cli.py fit-logistic`), or use "
                         "--head-init random")
     row, other = found
-    say(f"{path} is a {kind} head (a kernel SVM cannot become network layers): fine-tuning the "
+    say(f"{path} is a {kind} head ({what} cannot become network layers): fine-tuning the "
         f"best transplantable head on the leaderboard instead, {other} ({row.kind}, cv "
         f"{row.cv_mean:.4f})")
     return load_head_spec(other)

@@ -45,26 +45,44 @@ def load_keras_predictor(path: str) -> Predictor:
                      info=network.origin)
 
 
+def features_of(prov, weights: str | None = None):
+    """(images -> the features `prov` reads (its taps, flattened and concatenated as a cache's
+    `features(layers)`), the taps built): the network a cache or head was made with, rebuilt
+    from its provenance (a local weights file must match the recorded sha256)."""
+    from bottleneck.backbones.network import compiled_forward, feature_model_from_provenance
+
+    model, taps = feature_model_from_provenance(prov, weights=weights, fold_bn=True)
+    forward = compiled_forward(model)
+
+    def features(images):
+        outputs = [o.numpy() for o in forward(np.asarray(images, dtype=np.float32))]
+        return head_features(outputs, prov)
+
+    return features, taps
+
+
+def load_feature_predictor(prov, weights: str | None = None) -> Predictor:
+    """A Predictor whose `predict_images` gives features, not probabilities: images -> what a
+    cache with provenance `prov` holds for them (`similar` queries its index with them)."""
+    features, _ = features_of(prov, weights)
+    return Predictor("features", prov.cache_path or "", list(prov.class_names), prov.image_size,
+                     features, {"layer": prov.layer, "backbone": prov.backbone})
+
+
 def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
-    from bottleneck.backbones.network import (
-        compiled_forward,
-        feature_model_from_provenance,
-    )
     from features.heads.headfile import check_head_current, check_head_matches, load_head
 
     bundle = load_head(path)
     check_head_current(bundle)
     prov = bundle["provenance"]
-    model, taps = feature_model_from_provenance(prov, weights=weights, fold_bn=True)
+    features, taps = features_of(prov, weights)
     # the network must compute every layer the head reads
     check_head_matches(bundle, replace(prov, layers=tuple(name for name, _ in taps),
                                        feature_layers=None))
-    forward = compiled_forward(model)
     pipeline = bundle["pipeline"]
 
     def predict_images(images):
-        outputs = [o.numpy() for o in forward(np.asarray(images, dtype=np.float32))]
-        return pipeline.predict_proba(head_features(outputs, prov))
+        return pipeline.predict_proba(features(images))
 
     info = {"head": bundle["kind"], "layer": prov.layer, "backbone": prov.backbone}
     if prov.weights == "none":

@@ -106,10 +106,14 @@ def _share(fraction: float, total: int) -> int:
 
 
 def folder_split(paths, labels, known, *, test_size: float, val_size: float,
-                 seed: int) -> np.ndarray:
+                 seed: int, groups: dict | None = None) -> np.ndarray:
     """Split codes for a folder's images (`paths` with their `labels`): an image in `known`
     ({relative path: code}, the folder's record) keeps its code; the others are drawn by
-    `assign_split` when none is known, else by the hash rule against the known ones."""
+    `assign_split` when none is known, else by the hash rule against the known ones. With
+    `groups` ({path: group key}) every group is split as one image (`grouped_split`)."""
+    if groups:
+        return grouped_split(paths, labels, known, groups, test_size=test_size,
+                             val_size=val_size, seed=seed)
     codes = np.array([known.get(path, -1) for path in paths], dtype=np.int16)
     new = codes < 0
     if new.all():
@@ -120,6 +124,34 @@ def folder_split(paths, labels, known, *, test_size: float, val_size: float,
                                       labels[~new], codes[~new], test_size=test_size,
                                       val_size=val_size, seed=seed)
     return codes.astype(np.uint8)
+
+
+def grouped_split(paths, labels, known, groups: dict, *, test_size: float, val_size: float,
+                  seed: int) -> np.ndarray:
+    """`folder_split` with near-duplicate groups: each group (images sharing a key in `groups`;
+    an image without one is its own group) is split as its first image would be, by the same
+    two rules, and its other images follow. A new image joins the split of a recorded member of
+    its group; recorded codes never change, even where a group found later straddles them."""
+    labels = np.asarray(labels)
+    keys = [groups.get(path, path) for path in paths]
+    first, joined = {}, {}
+    for i, (path, key) in enumerate(zip(paths, keys)):
+        first.setdefault(key, i)
+        if path in known:
+            joined.setdefault(key, int(known[path]))
+    reps = np.array(sorted(first.values()), dtype=np.int64)
+    open_reps = reps[[keys[r] not in joined for r in reps]]
+    rep_paths = [paths[r] for r in open_reps]
+    kept = np.array([i for i, p in enumerate(paths) if p in known], dtype=np.int64)
+    if not len(kept):
+        rep_codes = assign_split(labels[open_reps], test_size=test_size, val_size=val_size,
+                                 seed=seed)
+    else:
+        rep_codes = assign_new_split(rep_paths, labels[open_reps], labels[kept],
+                                     [known[paths[i]] for i in kept], test_size=test_size,
+                                     val_size=val_size, seed=seed)
+    joined.update({keys[r]: int(c) for r, c in zip(open_reps, rep_codes)})
+    return np.array([known.get(p, joined[k]) for p, k in zip(paths, keys)], dtype=np.uint8)
 
 
 def split_counts(codes) -> dict:

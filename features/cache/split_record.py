@@ -30,9 +30,11 @@ class SplitFlags:
     seed: int
     test_size: float
     val_size: float
+    grouped: bool = False   # near-duplicate groups kept in one split (extract --dedupe-split)
 
     def file_name(self) -> str:
-        return f"split_seed{self.seed}_test{self.test_size:g}_val{self.val_size:g}.json"
+        return (f"split_seed{self.seed}_test{self.test_size:g}_val{self.val_size:g}"
+                f"{'_grouped' if self.grouped else ''}.json")
 
 
 @dataclass
@@ -72,7 +74,7 @@ class SplitRecord:
                     for i, name in enumerate(SPLIT_NAMES)}
         return {"format": RECORD_FORMAT, "format_version": RECORD_VERSION,
                 "seed": self.flags.seed, "test_size": self.flags.test_size,
-                "val_size": self.flags.val_size, **by_split}
+                "val_size": self.flags.val_size, "grouped": self.flags.grouped, **by_split}
 
 
 def _read_codes(path: str, flags: SplitFlags) -> dict[str, int]:
@@ -91,8 +93,9 @@ def _read_codes(path: str, flags: SplitFlags) -> dict[str, int]:
     if data.get("format_version", 0) > RECORD_VERSION:
         raise UserError(f"{path} was written by a newer bottleneck (split record format "
                         f"{data['format_version']}); upgrade to use this folder")
-    if (data.get("seed"), data.get("test_size"), data.get("val_size")) != (
-            flags.seed, flags.test_size, flags.val_size):
+    if (data.get("seed"), data.get("test_size"), data.get("val_size"),
+            bool(data.get("grouped", False))) != (flags.seed, flags.test_size, flags.val_size,
+                                                  flags.grouped):
         raise UserError(f"{path} records another split (seed {data.get('seed')}, test "
                         f"{data.get('test_size')}, val {data.get('val_size')}); move it away")
     return {p: i for i, name in enumerate(SPLIT_NAMES) for p in data.get(name, [])}
@@ -121,14 +124,23 @@ class SplitSource:
     flags: SplitFlags
     known: dict                     # {relative path: code} to keep
     record: SplitRecord | None      # None for --split-from
+    groups: dict | None = None      # {relative path: group key}: each group in one split
 
 
-def resolve_split_source(data_dir: str, flags: SplitFlags, split_from: str | None) -> SplitSource:
+def resolve_split_source(data_dir: str, flags: SplitFlags, split_from: str | None,
+                         groups=None) -> SplitSource:
     """The folder's record for `flags`, or with `split_from` that cache's split and split flags
-    (its seed and fractions then split the images it does not hold)."""
+    (its seed and fractions then split the images it does not hold). `groups` (a
+    features.audit.groups.Groups, with flags.grouped): the folder's grouped record, which keeps
+    each near-duplicate group in one split."""
+    if groups is not None and split_from:
+        raise UserError("--dedupe-split and --split-from both decide the split: give one")
     if not split_from:
         record = SplitRecord.load(data_dir, flags)
-        return SplitSource("folder-record", flags, dict(record.codes), record)
+        rule = (f"folder-record grouped ({len(groups.groups)} near-duplicate groups of "
+                f"{groups.source}, {groups.identity})" if groups is not None else "folder-record")
+        return SplitSource(rule, flags, dict(record.codes), record,
+                           None if groups is None else groups.key_of())
     from features.cache.store import Cache
 
     if not os.path.isfile(split_from):

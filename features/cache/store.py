@@ -288,7 +288,9 @@ def _read_attrs(f, path: str) -> dict:
         if key in attrs or key != "lineage":   # caches before growth have no lineage
             attrs[key] = json.loads(attrs[key])
     for name in ("labels", "split", "paths", "features"):
-        f[name]
+        if name not in f:
+            raise UserError(f"{path} has no {name!r} dataset, which every bottleneck cache "
+                            "holds; re-run extract (with --overwrite) to rebuild it")
     return attrs
 
 

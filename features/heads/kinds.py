@@ -27,9 +27,9 @@ from features.errors import UserError
 
 LINEAR_KINDS = ("svm", "logistic", "sgd")
 DEFAULT_FIT_KINDS = ("logistic", "svm", "mlp", "svm-rbf")   # what `fit` tries by default
-NOT_TRANSPLANTABLE = ("svm-rbf", "svm-poly")   # kernel SVMs: no exact layer form
+NOT_TRANSPLANTABLE = ("svm-rbf", "svm-poly", "knn")   # kernel SVMs, kNN: no exact layer form
 ROUTES = ("auto", "memory", "out-of-core")
-KINDS = ("svm", "logistic", "mlp", "svm-rbf", "svm-poly", "sgd")
+KINDS = ("svm", "logistic", "mlp", "svm-rbf", "svm-poly", "sgd", "knn")
 SCALINGS = ("standard", "l2", "l2+standard", "none")
 SVM_C_GRID = (1e-4, 1e-3, 1e-2)
 LOGISTIC_C_GRID = (1e-3, 1e-2, 1e-1)
@@ -68,6 +68,10 @@ def _classifier(kind: str, class_weight, seed: int):
         return est.TemperedSGD(class_weight=class_weight, random_state=seed)
     if kind == "mlp":
         return est.NumpyMLP(class_weight=class_weight, random_state=seed)
+    if kind == "knn":
+        from features.heads.knn import CosineKNN
+
+        return CosineKNN()
     if kind in ("svm-rbf", "svm-poly"):
         return est.TemperedKernelSVC(kernel=kind.split("-")[1], class_weight=class_weight,
                                      random_state=seed)
@@ -77,7 +81,7 @@ def _classifier(kind: str, class_weight, seed: int):
 def too_large(kind: str, n_rows: int) -> str | None:
     """Why `kind` is not fitted on `n_rows` training rows (None: it is). A kernel SVM's kernel
     matrix grows as n^2 (8 n^2 bytes per fold) and libsvm's time faster still."""
-    if kind in NOT_TRANSPLANTABLE and n_rows > KERNEL_MAX_ROWS:
+    if kind in ("svm-rbf", "svm-poly") and n_rows > KERNEL_MAX_ROWS:
         gib = 8 * n_rows**2 / 2**30
         return (f"{kind} is not fitted on {n_rows:,} training rows (more than {KERNEL_MAX_ROWS:,}):"
                 f" its kernel matrix alone would take {gib:.0f} GiB and hours of libsvm; the "
@@ -95,6 +99,10 @@ def param_grid(kind: str) -> dict:
         return {"clf__C": list(KERNEL_C_GRID)}
     if kind == "sgd":
         return {"clf__alpha": [1e-4, 1e-3, 1e-2]}
+    if kind == "knn":
+        from features.heads.knn import K_GRID
+
+        return {"clf__n_neighbors": list(K_GRID)}
     return {}
 
 

@@ -56,6 +56,7 @@ class FitOptions:
     sgd_epochs: int = 5                         # passes of the out-of-core SGD route
     views: bool = True     # train on the cache's augmented views too (extract --views K)
     tta: bool = False      # score test images on the mean of their plain and augmented views
+    exclude: str | None = None   # an exclude list (features/audit/exclude.py): rows left out
 
 
 def parse_pca(value):
@@ -77,6 +78,18 @@ def parse_pca(value):
 _BLOCK = 4096   # images read from the cache at a time
 
 
+def _kept_rows(cache: Cache, exclude: str | None, say) -> np.ndarray:
+    """A mask of the rows not named by the exclude list (every row without one)."""
+    kept = np.ones(len(cache), bool)
+    if exclude:
+        from features.audit.exclude import excluded_rows, read_exclude
+
+        listed = read_exclude(exclude, cache.provenance().data_dir)
+        kept[excluded_rows(listed, cache.paths, exclude, say)] = False
+        say(f"excluded: {int((~kept).sum())} images listed in {exclude} (from every split)")
+    return kept
+
+
 class _Data:
     """The cache's rows by split, with lazily loaded in-memory features (never test until asked)."""
 
@@ -84,9 +97,11 @@ class _Data:
         self.cache = cache
         self.layer, self.layers = cache.select_layers(opts.layer)
         check_labels(np.unique(cache.labels), cache.class_names, where="cache")
-        self.train = np.flatnonzero(cache.split_mask("train"))
-        self.val = np.flatnonzero(cache.split_mask("val"))
-        self.test = np.flatnonzero(cache.split_mask("test"))
+        kept = _kept_rows(cache, opts.exclude, say)
+        self.excluded = int(len(cache) - kept.sum())
+        self.train = np.flatnonzero(cache.split_mask("train") & kept)
+        self.val = np.flatnonzero(cache.split_mask("val") & kept)
+        self.test = np.flatnonzero(cache.split_mask("test") & kept)
         if not len(self.train):
             raise UserError(f"{cache.path} has no training images; re-extract with smaller "
                             "--test-size/--val-size")
@@ -227,7 +242,8 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
         scores["ranking"] = table
     options = {"scaling": info.get("scaling"), "pca": info.get("pca"),
                "class_weight": opts.class_weight, "seed": opts.seed, "folds": info["folds"],
-               "best_params": info["best_params"]}
+               "best_params": info["best_params"],
+               "exclude": {"file": opts.exclude, "n": data.excluded} if opts.exclude else None}
     save_head(out, make_bundle(kind, pipeline, cache.provenance(), data.layer, data.layers,
                                scores, options))
     leaderboard.record_head(out, kind, cv_mean=info["cv_mean"], cv_std=info["cv_std"],
@@ -243,6 +259,7 @@ def _finish(kind, pipeline, info, data: _Data, opts: FitOptions, out: str, say, 
         "best_params": info["best_params"], "refit_on": info.get("refit_on"),
         "layer": data.layer, "feature_layers": data.layers, "feature_dim": data.dim,
         "n": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
+        "excluded": {"file": opts.exclude, "n": data.excluded} if opts.exclude else None,
         "views": data.views, "tta": data.tta, "grouped_cv": bool(info.get("grouped_cv")),
         "features": cache.path, "fit_seconds": info["fit_seconds"], "memory": data.memory,
         "generation": cache.provenance().generation,

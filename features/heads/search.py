@@ -223,6 +223,8 @@ def _fold_outputs(clf, candidates, fd: FoldData, preconditioner) -> list:
             previous = model.solution_
             outputs.append(linear_decision(fd.X_held, model.coef_, model.intercept_))
         return outputs
+    if hasattr(clf, "grid_outputs"):   # the whole grid from one pass (kNN: one neighbour search)
+        return clf.grid_outputs(models, fd.X_fit, fd.y_fit, fd.X_held)
     if isinstance(clf, TemperedKernelSVC):
         K_fit, K_held = fd.kernel(clf)
         return [m.fit_kernel(K_fit, fd.y_fit).svc_.decision_function(K_held) for m in models]
