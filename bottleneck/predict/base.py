@@ -20,6 +20,11 @@ class Predictor:
     # several input sizes (an ensemble): predict_images then takes {size: images at that size}
     image_sizes: tuple[int, ...] = ()
 
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        """Every image size the predictor reads, in the order its inputs are built."""
+        return self.image_sizes or (self.image_size,)
+
 
 def head_features(outputs, prov) -> np.ndarray:
     """Flattened, concatenated features of a head's feature_layers from the network's outputs
