@@ -35,3 +35,10 @@ def head_features(outputs, prov) -> np.ndarray:
         out = np.asarray(outputs[taps.index(layer)])
         parts.append(out.reshape(len(out), -1))
     return np.concatenate(parts, axis=1)
+
+
+def top_classes(proba, names, k: int) -> list:
+    """The k most probable [class, probability] pairs (rounded to 6 places), ties in class
+    order: the rows predict prints and serve answers."""
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [[names[i], round(float(proba[i]), 6)] for i in order]
