@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from bench.common import matmul_peak, model_flops, peak_rss_mb  # noqa: E402
 from bottleneck.backbones.network import build_feature_model  # noqa: E402
 from bottleneck.backbones.registry import get_backbone  # noqa: E402
+from bottleneck.data.images import class_folders  # noqa: E402
 from bottleneck.extract import ExtractOptions, run_extract  # noqa: E402
 from features.store import Cache  # noqa: E402
 
@@ -42,7 +43,7 @@ MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
 def subset(n: int, dest: str) -> str:
     """The first n/5 JPEGs of each flowers class (or drawn JPEGs without ../shared)."""
     if os.path.isdir(FLOWERS):
-        for name in sorted(os.listdir(FLOWERS)):
+        for name in class_folders(FLOWERS):
             os.makedirs(os.path.join(dest, name), exist_ok=True)
             for f in sorted(os.listdir(os.path.join(FLOWERS, name)))[: max(1, n // 5)]:
                 shutil.copy(os.path.join(FLOWERS, name, f), os.path.join(dest, name, f))
@@ -89,7 +90,7 @@ def our_route(folder, backbone, weights, alpha, layer, size, precision="float32"
 def case_mobilenet(args):
     if not os.path.isdir(FLOWERS):
         sys.exit("needs ../shared/data/flowers5")
-    n = sum(len(os.listdir(os.path.join(FLOWERS, c))) for c in os.listdir(FLOWERS))
+    n = sum(len(os.listdir(os.path.join(FLOWERS, c))) for c in class_folders(FLOWERS))
     ours = our_route(FLOWERS, "mobilenet", MOBILENET, 0.25, "conv_pw_13_relu", 224)
     stock = stock_route(FLOWERS, "mobilenet", MOBILENET, 0.25, "conv_pw_13_relu", 224)
     diff = np.abs(ours[1] - stock[1]).max() / np.abs(stock[1]).max()

@@ -106,9 +106,10 @@ def make_case(out: str, n: int, missing: int, seed: int = 0) -> tuple[dict, str]
 def folder_case(root: str, seed: int = 0) -> tuple[dict, str]:
     """(gallery_data of every image of a class-per-folder tree as the test split, with made-up
     probabilities, about a third wrong; the folder). Nothing is deleted."""
+    from bottleneck.data.images import class_folders
     from features.mistakes import gallery_data
 
-    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    names = class_folders(root)
     paths = sorted(os.path.join(name, f) for name in names
                    for f in os.listdir(os.path.join(root, name)))
     y = np.array([names.index(p.split(os.sep)[0]) for p in paths])

@@ -24,6 +24,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 FLOWERS = os.path.join(SHARED, "data", "flowers5")
 MOBILENET = os.path.join(SHARED, "weights", "mobilenet_2_5_224_tf_no_top.h5")
@@ -40,8 +41,10 @@ def extract(data: str, out: str, weights: str) -> tuple[float, dict]:
 
 def split_folder(src: str, dest: str, held: str, every: int) -> int:
     """Copy `src` to `dest`, every `every`-th image of each class to `held` instead."""
+    from bottleneck.data.images import class_folders
+
     moved = 0
-    for cls in sorted(os.listdir(src)):
+    for cls in class_folders(src):
         for i, name in enumerate(sorted(os.listdir(os.path.join(src, cls)))):
             target = held if i % every == every - 1 else dest
             os.makedirs(os.path.join(target, cls), exist_ok=True)

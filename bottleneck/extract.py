@@ -32,11 +32,12 @@ from bottleneck.data.images import ImageFolder, scan_folder
 from bottleneck.shards import BatchSettings, ShardCounts, run_shards
 from bottleneck.worker import Device, count_gpus, pick_devices, run_workers, usable_cores
 from features.atomic import check_writable
-from features.grow import Growth, growth_from_json, merge_order, merged_rows, new_split, plan_growth
 from features.errors import UserError
+from features.grow import Growth, growth_from_json, merge_order, merged_rows, plan_growth
 from features.journal import Journal, plan_shards
 from features.provenance import CONTENT_KEYS, Provenance
-from features.split import assign_split, split_counts
+from features.split import SPLIT_NAMES, folder_split, split_counts
+from features.split_record import SplitFlags, SplitSource, resolve_split_source
 from features.store import Cache, write_cache
 from features.versions import library_versions
 
@@ -68,6 +69,7 @@ class ExtractOptions:
     shard_size: int | None = None   # images per shard (default: about four shards per worker)
     engine: str = "local"           # 'local': this machine's devices; 'ray': a Ray cluster
     address: str | None = None      # the Ray cluster to join (default: start a local Ray)
+    split_from: str | None = None   # another cache whose split (and split flags) to reuse
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -104,6 +106,7 @@ class ExtractionPlan:
     out: str
     weights: str | None             # what build_body loaded: None, 'imagenet' or a file path
     devices: list[Device]           # one worker each (local engine)
+    split_source: SplitSource | None = None   # None in a pre-split tree (its folders decide)
 
     def settings(self) -> BatchSettings:
         """What a worker needs to compute batches (picklable)."""
@@ -132,8 +135,11 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
     folder = scan_folder(opts.data)
     check_writable(opts.out or os.path.join("features", "cache.h5"))
     presplit = folder.split is not None
-    split = folder.split if presplit else assign_split(
-        folder.labels, test_size=opts.test_size, val_size=opts.val_size, seed=opts.seed)
+    source = _split_source(opts, folder)
+    if source is not None:
+        opts = replace(opts, seed=source.flags.seed, test_size=source.flags.test_size,
+                       val_size=source.flags.val_size)
+    split = folder.split if presplit else _split_of(folder, source, source.known)
     model, taps = build_feature_model(row, weights=weights, image_size=image_size, alpha=alpha,
                                       layer_specs=list(opts.layers) or default_layer_specs(row),
                                       pool=opts.pool, precision=opts.precision, fold_bn=True)
@@ -149,10 +155,59 @@ def plan_extraction(opts: ExtractOptions) -> ExtractionPlan:
         precision=opts.precision, seed=opts.seed, class_names=tuple(folder.class_names),
         test_size=0.0 if presplit else opts.test_size, val_size=0.0 if presplit else opts.val_size,
         views=opts.views, versions=library_versions(),
-        weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None)
+        weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None,
+        split_rule=source.rule if source else "folders")
     out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
     check_output_file(out, opts.overwrite)
-    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices)
+    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices,
+                          source)
+
+
+def _split_source(opts: ExtractOptions, folder: ImageFolder) -> SplitSource | None:
+    """The folder's split record for these flags, or --split-from's cache; None in a pre-split
+    tree, whose train/val/test folders decide."""
+    if folder.split is not None:
+        if opts.split_from:
+            raise UserError(f"--split-from: {folder.root} is split by its train/val/test "
+                            "folders, which decide every image's split; leave the flag out")
+        return None
+    return resolve_split_source(folder.root, SplitFlags(opts.seed, opts.test_size,
+                                                        opts.val_size), opts.split_from)
+
+
+def _split_of(folder: ImageFolder, source: SplitSource, known: dict) -> np.ndarray:
+    """Every image's split code: `known` ones kept, the others by features/split.py's rules."""
+    flags = source.flags
+    return folder_split(folder.paths, folder.labels, known, test_size=flags.test_size,
+                        val_size=flags.val_size, seed=flags.seed)
+
+
+def _record_split(plan: ExtractionPlan, paths, codes, say, *, planned: bool) -> None:
+    """Add this run's codes to the folder's split record. A cache that disagrees with the record
+    keeps its split and is warned about; codes planned from the record that disagree with it
+    now mean another run wrote it meanwhile (refused). An unwritable folder is warned about."""
+    source = plan.split_source
+    if source is None or source.record is None:
+        return
+    record = source.record.path
+    try:
+        conflicts = source.record.add(paths, codes)
+    except OSError as exc:
+        say(f"warning: cannot write the split record {record} ({exc.strerror or exc}): caches "
+            f"extracted later from {plan.folder.root} may split it otherwise; pass --split-from "
+            f"{plan.out} when you extract them")
+        return
+    if not conflicts:
+        return
+    path, mine, theirs = conflicts[0]
+    if planned:
+        raise UserError(f"the split record {record} changed while this run was planned (another "
+                        "extract of this folder?); run the command again")
+    say(f"warning: {len(conflicts)} image(s) of {plan.out} are in another split than the "
+        f"folder's split record {record} (e.g. {path}: {SPLIT_NAMES[mine]} here, "
+        f"{SPLIT_NAMES[theirs]} there); the cache keeps its split, so its heads will not "
+        "ensemble with heads of caches that follow the record: re-extract it with --overwrite "
+        f"to follow the record, or extract the others with --split-from {plan.out}")
 
 
 def check_output_file(out: str, overwrite: bool) -> None:
@@ -209,8 +264,9 @@ def _update(plan: ExtractionPlan, journal: Journal, say, on_batch, started: floa
         if not resuming:
             journal.discard()   # none, or one a finished run was killed before removing
             if not growth.changed:
+                _record_split(plan, existing.paths, existing.split, say, planned=False)
                 return _nothing_to_do(plan, existing, say)
-            _start_update(plan, journal, existing, growth, base)
+            _start_update(plan, journal, existing, growth, base, say)
     if resuming:
         _resume_update(plan, journal, growth, say)
     planned = growth_from_json(journal.plan["growth"])
@@ -247,12 +303,12 @@ def _nothing_to_do(plan: ExtractionPlan, existing: Cache, say) -> dict:
 
 
 def _start_update(plan: ExtractionPlan, journal: Journal, existing: Cache, growth: Growth,
-                  base: dict) -> None:
+                  base: dict, say) -> None:
     """Journal an update: the new images only (split by the hash rule, or by their folder in a
     pre-split tree), which old rows stay, and the next generation's provenance."""
     folder, old = plan.folder, existing.provenance()
-    split = folder.split[growth.new_pos] if folder.split is not None else new_split(
-        growth, existing, test_size=old.test_size, val_size=old.val_size, seed=old.seed)
+    split = folder.split[growth.new_pos] if folder.split is not None else _new_split(
+        plan, existing, growth, say)
     prov = replace(plan.provenance, generation=old.generation + 1,
                    lineage=old.lineage + ((old.data_id,) if old.data_id else ()))
     shards = plan_shards(len(growth.new_paths), plan.opts.batch_size, len(plan.devices),
@@ -262,6 +318,17 @@ def _start_update(plan: ExtractionPlan, journal: Journal, existing: Cache, growt
                    "datasets": plan.datasets, "rejected": growth.new_rejected,
                    "shards": [[s.start, s.stop] for s in shards], "base": base,
                    "growth": asdict(growth)})
+
+
+def _new_split(plan: ExtractionPlan, existing: Cache, growth: Growth, say) -> np.ndarray:
+    """Codes of the images a grown cache adds: the folder's split, with the kept rows' own
+    codes known first (a cache older than the record seeds it), recorded before any work."""
+    kept = [existing.paths[r] for r in growth.keep]
+    _record_split(plan, kept, existing.split[growth.keep], say, planned=False)
+    known = {**plan.split_source.known, **dict(zip(kept, existing.split[growth.keep].tolist()))}
+    codes = _split_of(plan.folder, plan.split_source, known)[growth.new_pos]
+    _record_split(plan, growth.new_paths, codes, say, planned=True)
+    return codes
 
 
 def _resume_update(plan: ExtractionPlan, journal: Journal, growth: Growth, say) -> None:
@@ -328,6 +395,7 @@ def _open_journal(plan: ExtractionPlan, journal: Journal, say) -> None:
         known = set(saved["paths"]) | {path for path, _ in saved.get("rejected", [])}
         warn_folder_changed(plan.folder, known, "this extraction started", say)
     else:
+        _record_split(plan, plan.folder.paths, plan.split, say, planned=True)
         shards = plan_shards(len(plan.folder.paths), plan.opts.batch_size, len(plan.devices),
                              plan.opts.shard_size)
         journal.start({"provenance": plan.provenance.to_json(), "paths": plan.folder.paths,

@@ -119,11 +119,18 @@ def _align(sources: list[_Source]) -> None:
         if diffs:
             raise UserError(f"member {number} ({src.path}, cache {src.cache.path}) differs from "
                             f"member 1 ({first.cache.path}): " + "; ".join(diffs)
-                            + "; extract every cache from the same folder with the same --seed, "
-                              "--test-size and --val-size")
+                            + "; " + _way_out(src.cache.path, first.cache.path))
     for src in sources:
         index = {p: i for i, p in enumerate(src.cache.paths)}
         src.rows = np.array([index[p] for p in order], dtype=np.int64)
+
+
+def _way_out(theirs: str, first: str) -> str:
+    """How to make a member's cache hold member 1's images in member 1's split."""
+    return ("extract every cache from the same folder with the same --seed, --test-size and "
+            "--val-size (they then share the folder's split record), or, for a cache made "
+            f"otherwise, re-extract {theirs} with --split-from {first} --overwrite and refit "
+            "its head")
 
 
 def _member(src: _Source, test: dict | None) -> Member:

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.split import assign_new_split
-
 
 @dataclass(frozen=True)
 class Growth:
@@ -57,13 +55,6 @@ def growth_from_json(data: dict) -> Growth:
     """A Growth as an update journal's plan recorded it (pairs come back as lists)."""
     pairs = {k: [tuple(x) for x in data[k]] for k in ("new_rejected", "skipped")}
     return Growth(**{**data, **pairs})
-
-
-def new_split(growth: Growth, cache, *, test_size: float, val_size: float, seed: int):
-    """Split codes of the new images (features/split.py's hash rule); kept rows keep theirs."""
-    kept_codes = cache.split[growth.keep]
-    return assign_new_split(growth.new_paths, growth.new_labels, growth.keep_labels, kept_codes,
-                            test_size=test_size, val_size=val_size, seed=seed)
 
 
 def merge_order(keep_pos, new_pos) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,9 @@ class Provenance:
     data_id: str = ""                     # identity of the image set and its split (data_identity)
     generation: int = 0                   # 0 for a first extraction, +1 each time extract grows it
     lineage: tuple[str, ...] = ()         # the data_ids of the earlier generations, oldest first
+    split_rule: str = ""                  # what split the images: 'folder-record' (the folder's
+    #                                       split record), 'split-from <data_id>', 'folders' (a
+    #                                       pre-split tree); '' in caches made before it was recorded
     weights_path: str | None = None       # where a local weights file was read (its id: weights)
     cache_path: str | None = None         # the cache a head was fitted on
     versions: dict = field(default_factory=dict, compare=False)

@@ -1,11 +1,14 @@
 """The one place a train/val/test assignment is made; everything later reads it from the cache.
 
-Two rules, both stratified and seeded, and an image keeps the code it was given for life:
-- `assign_split`: a first extraction (generation 0) draws the split over the whole folder, as
-  scikit-learn's `train_test_split` does.
-- `assign_new_split`: images added to a grown cache are split per class by a seeded hash of their
-  relative path (`hash_unit`), filling each class's test and val shares up to their fractions of
-  the class's new total; the rows already in the cache are never moved.
+The split belongs to the image folder, not to one cache: `folder_split` keeps every code the
+folder's split record (features/split_record.py) already holds and assigns the rest, so every cache
+made from a folder with the same split flags splits each image alike, fresh or grown. Two rules,
+both stratified and seeded, and an image keeps the code it was given for life:
+- `assign_split`: the first split of a folder (nothing recorded yet) is drawn over the whole
+  folder, as scikit-learn's `train_test_split` does.
+- `assign_new_split`: images the record does not hold yet are split per class by a seeded hash of
+  their relative path (`hash_unit`), filling each class's test and val shares up to their
+  fractions of the class's new total; images already assigned are never moved.
 """
 
 from __future__ import annotations
@@ -100,6 +103,23 @@ def _share(fraction: float, total: int) -> int:
     if not fraction:
         return 0
     return max(int(round(fraction * total)), 1 if total >= 3 else 0)
+
+
+def folder_split(paths, labels, known, *, test_size: float, val_size: float,
+                 seed: int) -> np.ndarray:
+    """Split codes for a folder's images (`paths` with their `labels`): an image in `known`
+    ({relative path: code}, the folder's record) keeps its code; the others are drawn by
+    `assign_split` when none is known, else by the hash rule against the known ones."""
+    codes = np.array([known.get(path, -1) for path in paths], dtype=np.int16)
+    new = codes < 0
+    if new.all():
+        return assign_split(labels, test_size=test_size, val_size=val_size, seed=seed)
+    if new.any():
+        labels = np.asarray(labels)
+        codes[new] = assign_new_split([p for p, n in zip(paths, new) if n], labels[new],
+                                      labels[~new], codes[~new], test_size=test_size,
+                                      val_size=val_size, seed=seed)
+    return codes.astype(np.uint8)
 
 
 def split_counts(codes) -> dict:

@@ -252,6 +252,7 @@ def test_predict_tta_on_a_two_size_ensemble(real):
 
     predictor = load_predictor(real["ensemble"])
     files = sorted(os.path.join(real["data"], c, f) for c in os.listdir(real["data"])
+                   if not c.startswith(".")   # the folder's split record
                    for f in os.listdir(os.path.join(real["data"], c)))[:3]
     plain = [p for _, p, _ in predict_paths(predictor, files)]
     tta = [p for _, p, _ in predict_paths(predictor, files, tta=2, seed=0)]

@@ -84,7 +84,7 @@ def test_real_flowers_images_with_real_weights(tmp_path):
     """Five real photos per class through the real MobileNet 0.25: finite, varied features."""
     import shutil
 
-    for name in sorted(os.listdir(FLOWERS)):
+    for name in sorted(d for d in os.listdir(FLOWERS) if not d.startswith(".")):
         os.makedirs(tmp_path / "data" / name)
         for f in sorted(os.listdir(os.path.join(FLOWERS, name)))[:5]:
             shutil.copy(os.path.join(FLOWERS, name, f), tmp_path / "data" / name / f)

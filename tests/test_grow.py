@@ -21,7 +21,7 @@ def _shrink(folder, held):
     """Move the last image of each class out to `held` (they come back as 'new' images)."""
     os.makedirs(held, exist_ok=True)
     moved = []
-    for cls in sorted(os.listdir(folder)):
+    for cls in sorted(d for d in os.listdir(folder) if not d.startswith(".")):
         name = sorted(os.listdir(os.path.join(folder, cls)))[-1]
         os.makedirs(os.path.join(held, cls), exist_ok=True)
         shutil.move(os.path.join(folder, cls, name), os.path.join(held, cls, name))
@@ -35,7 +35,7 @@ def _grow(folder, held, new_class=None):
         for name in os.listdir(os.path.join(held, cls)):
             shutil.move(os.path.join(held, cls, name), os.path.join(folder, cls, name))
     if new_class:
-        first = sorted(os.listdir(folder))[0]
+        first = sorted(d for d in os.listdir(folder) if not d.startswith("."))[0]
         shutil.copytree(os.path.join(folder, first), os.path.join(folder, new_class))
 
 

@@ -65,6 +65,11 @@ def add_split_args(p, *, test_help: str, val_help: str, seed_help: str):
     p.add_argument("--test-size", type=float, default=0.2, help=test_help)
     p.add_argument("--val-size", type=float, default=0.1, help=val_help)
     p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--split-from", default=None, metavar="CACHE.h5",
+                   help="split the images as CACHE.h5 does (with its seed and fractions), instead "
+                        "of by the folder's split record DIR/.bottleneck/split_*.json, which every "
+                        "cache of a folder shares by default: for caches made before the record, "
+                        "or to match a cache of another folder")
 
 
 def run(args, say):

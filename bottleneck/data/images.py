@@ -132,7 +132,9 @@ def _enter(path: str, tree: str, entered: set) -> bool:
     return not inside
 
 
-def _subdirs(folder: str) -> list[str]:
+def class_folders(folder: str) -> list[str]:
+    """The sub-folders of `folder` that are classes, sorted: dot-folders (the folder's split
+    record in .bottleneck/, .ipynb_checkpoints, ...) are not."""
     return sorted(d for d in os.listdir(folder)
                   if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
 
@@ -143,11 +145,11 @@ def scan_folder(root: str) -> ImageFolder:
         raise UserError(f"--data {root!r} is not a folder; point it at a folder with one "
                         "sub-folder of images per class")
     root = os.path.abspath(root)
-    top = _subdirs(root)
+    top = class_folders(root)
     presplit = bool(top) and "train" in [d.lower() for d in top] and all(
         d.lower() in SPLIT_DIRS for d in top)
     groups = [(d, SPLIT_DIRS[d.lower()]) for d in top] if presplit else [("", None)]
-    class_names = sorted({c for g, _ in groups for c in _subdirs(os.path.join(root, g))})
+    class_names = sorted({c for g, _ in groups for c in class_folders(os.path.join(root, g))})
     if not class_names:
         raise UserError(f"{root} has no class sub-folders; expected e.g. {root}/cats/*.jpg and "
                         f"{root}/dogs/*.jpg")

@@ -33,6 +33,7 @@ class SweepOptions:
     test_size: float = 0.2
     val_size: float = 0.1
     seed: int = 0
+    split_from: str | None = None      # another cache whose split to reuse
     overwrite: bool = False
     progress: bool = True
 
@@ -88,7 +89,8 @@ def cache_name(opts: SweepOptions, row, alpha, image_size, specs) -> str:
     that makes the cache differ (the data folder's full path included, so two folders with the
     same name get two caches)."""
     key = json.dumps([os.path.abspath(opts.data), opts.weights, list(specs), opts.seed,
-                      opts.test_size, opts.val_size])
+                      opts.test_size, opts.val_size]
+                     + ([os.path.abspath(opts.split_from)] if opts.split_from else []))
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     name = os.path.basename(os.path.abspath(opts.data).rstrip("/")) or "data"
     width = f"-a{alpha:g}" if alpha is not None else ""
@@ -102,7 +104,8 @@ def _extract(opts: SweepOptions, backbone, alpha, image_size, taps, cache_path, 
         data=opts.data, backbone=backbone, alpha=alpha, weights=opts.weights,
         layers=tuple(str(i) for _, i in taps), pool="avg", image_size=image_size,
         batch_size=opts.batch_size, test_size=opts.test_size, val_size=opts.val_size,
-        seed=opts.seed, out=cache_path, overwrite=opts.overwrite, progress=opts.progress), say=say)
+        seed=opts.seed, split_from=opts.split_from, out=cache_path, overwrite=opts.overwrite,
+        progress=opts.progress), say=say)
     if not extracted.get("already_complete"):
         say_summary(extracted, say)
     return extracted
@@ -162,6 +165,8 @@ def extract_command(opts: SweepOptions, backbone: str, alpha, image_size, spec: 
         parts += ["--test-size", f"{opts.test_size:g}"]
     if opts.val_size != 0.1:
         parts += ["--val-size", f"{opts.val_size:g}"]
+    if opts.split_from:
+        parts += ["--split-from", opts.split_from]
     parts += ["--layer", spec]
     return " ".join(shlex.quote(str(p)) for p in parts)
 
