@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from bottleneck.cli import build_parser, main
+from bottleneck.data.images import class_folders
 from features.errors import UserError
 from features.fitting import FitOptions, fit_one
 from tests.helpers import ROOT, extract
@@ -88,7 +89,7 @@ def images(tiny_folder, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("upload")
     pngs = [os.path.join(tiny_folder, c, min(os.listdir(os.path.join(tiny_folder, c))))
-            for c in sorted(os.listdir(tiny_folder))[:3]]
+            for c in class_folders(tiny_folder)[:3]]
     with Image.open(pngs[0]) as img:
         img.convert("RGB").resize((60, 44)).save(tmp / "photo.jpg", quality=90)
         img.convert("1").save(tmp / "mono.bmp")
@@ -164,7 +165,7 @@ def test_served_numbers_are_predicts(kind, models, images, capsys):
     _assert_same_rows(singles, predicted)
     info = client.get("/info").json()
     assert info["kind"] == kind
-    assert info["classes"] == sorted(os.listdir(os.path.dirname(os.path.dirname(images[0]))))
+    assert info["classes"] == class_folders(os.path.dirname(os.path.dirname(images[0])))
     assert info["image_sizes"] == ([32, 48] if kind == "ensemble" else [32])
     assert client.get("/health").json()["images"] == 2 * len(images)
 
