@@ -79,13 +79,14 @@ def _add_scaling(p, d):
                    help="uvicorn worker processes on this machine, each with its own model, "
                         "batcher and share of the cores (default %(default)s: batching works "
                         "best with one process per few cores)")
-    g.add_argument("--engine", choices=("uvicorn", "ray"), default=d.engine,
-                   help="uvicorn on this machine (default), or Ray Serve for several machines "
-                        "(pip install 'bottleneck-transfer[ray]')")
+    g.add_argument("--engine", choices=("local", "ray"), default=d.engine,
+                   help="'local': uvicorn on this machine (default); 'ray': Ray Serve, for "
+                        "several machines (pip install -e '.[ray]')")
     g.add_argument("--replicas", type=int, default=d.replicas,
                    help="Ray Serve replicas, one CPU each (default %(default)s; --engine ray)")
-    g.add_argument("--ray-address", default=None, metavar="ADDRESS",
-                   help="the Ray cluster to join (default: a local Ray; --engine ray)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --engine ray: the Ray cluster to join (e.g. auto); default: start "
+                        "a local Ray on this machine")
 
 
 def check_flags(args) -> None:
@@ -107,7 +108,7 @@ def check_flags(args) -> None:
         raise UserError(f"--model {args.model}: expected a head or ensemble (.joblib) or a "
                         "fine-tuned network (.keras)")
     _check_libraries(args.engine)
-    if args.engine == "uvicorn":
+    if args.engine == "local":
         _check_port_free(args.host, args.port)
 
 
@@ -139,7 +140,7 @@ def _check_libraries(engine: str) -> None:
         if not found:
             extra = "ray" if name.startswith("ray") else "serve"
             raise UserError(f"serve needs {name.replace('multipart', 'python-multipart')}, "
-                            f"which is not installed: pip install 'bottleneck-transfer[{extra}]'")
+                            f"which is not installed: pip install -e '.[{extra}]'")
 
 
 def _check_port_free(host: str, port: int) -> None:

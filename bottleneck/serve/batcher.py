@@ -6,7 +6,10 @@ Why a thread: the model's forward pass is blocking TensorFlow work (tens of mill
 the event loop it would stall every connection, and run from many threads it would contend for
 the same cores. The event loop only queues (image, future) pairs and awaits the future; the
 inference thread settles each future through `loop.call_soon_threadsafe`. Images that arrived
-while a batch was running have already waited, so the next batch starts at once.
+while a batch was running have already waited, so the next batch starts at once. And the wait
+is only for company that is on its way: `coming()` says how many images the server has accepted
+and is still decoding; when none are, the batch goes without waiting (a lone request pays no
+--max-wait-ms).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from bottleneck.serve.limits import Busy
 
 _STOP = object()
+POLL_S = 0.001   # while waiting for company, how often `coming()` is asked again
 
 
 @dataclass
@@ -35,9 +39,11 @@ class Batcher:
     """`await batcher.submit(item)` -> run_batch([... item ...])[its row]."""
 
     def __init__(self, run_batch: Callable[[list], object], max_batch: int = 32,
-                 max_wait_s: float = 0.005, max_queue: int = 512):
+                 max_wait_s: float = 0.005, max_queue: int = 512,
+                 coming: Callable[[], int] | None = None):
         self.run_batch, self.max_batch, self.max_wait_s = run_batch, max_batch, max_wait_s
         self.max_queue = max_queue
+        self.coming = coming or (lambda: 1)   # default: always wait the whole window
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="bottleneck-inference",
                                         daemon=True)
@@ -73,9 +79,12 @@ class Batcher:
         batch, deadline = [first], first.arrived + self.max_wait_s
         while len(batch) < self.max_batch:
             left = deadline - time.monotonic()
+            wait = min(left, POLL_S) if left > 0 and self.coming() else 0
             try:
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
+                if wait > 0:
+                    continue   # ask coming() again until the deadline
                 break
             if item is _STOP:
                 self._queue.put(_STOP)   # stop after this batch

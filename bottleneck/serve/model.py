@@ -40,6 +40,7 @@ class ServedModel:
         self.decoder = ThreadPoolExecutor(options.decode_threads or len(usable_cores()),
                                           thread_name_prefix="bottleneck-decode")
         self.counters, self._lock, self.started = Counters(), threading.Lock(), time.time()
+        self.decoding = 0   # images accepted and not yet decoded (the batcher's `coming`)
 
     def run_batch(self, inputs: list):
         """(n, classes) probabilities of n images' inputs: one network call."""
@@ -65,9 +66,12 @@ class ServedModel:
 
         try:
             check_upload(data, self.options.max_pixels)
+            one, reason = image_input(self.predictor, data)
         except BadInput as exc:
             raise BadInput(exc.status, f"{name}: {exc.message}") from None
-        one, reason = image_input(self.predictor, data)
+        finally:
+            with self._lock:
+                self.decoding -= 1
         if one is None:
             raise BadInput(422, f"{name}: {reason}")
         return one
@@ -80,6 +84,8 @@ class ServedModel:
         from bottleneck.predict.base import top_classes
 
         check_count(len(uploads), self.options.max_images)
+        with self._lock:
+            self.decoding += len(uploads)
         loop = asyncio.get_running_loop()
         inputs = await asyncio.gather(*(loop.run_in_executor(self.decoder, self.prepare, data,
                                                              name) for name, data in uploads))
@@ -115,7 +121,7 @@ class LocalModel(ServedModel):
         super().__init__(options)
         self.warm_up()
         self.batcher = Batcher(self.run_batch, options.max_batch, options.max_wait_ms / 1000,
-                               options.max_queue)
+                               options.max_queue, coming=lambda: self.decoding)
 
     async def infer_one(self, item):
         return await self.batcher.submit(item)

@@ -29,9 +29,9 @@ class ServeOptions:
     max_body_mb: float = 32.0
     max_images: int = 32           # images per request
     max_megapixels: float = 40.0   # declared width x height of one image
-    engine: str = "uvicorn"        # or "ray" (Ray Serve)
+    engine: str = "local"          # uvicorn on this machine, or "ray" (Ray Serve)
     replicas: int = 1              # Ray Serve replicas
-    ray_address: str | None = None
+    address: str | None = None
 
     @property
     def max_body_bytes(self) -> int:

@@ -59,7 +59,7 @@ def start_on_ray(options: ServeOptions) -> str:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=options.ray_address, logging_level="ERROR")
+        ray.init(address=options.address, logging_level="ERROR")
     serve.start(http_options={"host": options.host, "port": options.port})
     serve.run(application(options), name=APP_NAME, route_prefix="/")
     return f"http://{options.host}:{options.port}/"
