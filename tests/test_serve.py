@@ -27,8 +27,7 @@ import pytest
 from bottleneck.cli import build_parser, main
 from bottleneck.data.images import class_folders
 from features.errors import UserError
-from features.fitting import FitOptions, fit_one
-from tests.helpers import ROOT, extract
+from tests.helpers import ROOT, tiny_ensemble
 
 pytest.importorskip("fastapi", reason="serve needs the [serve] extra")
 httpx = pytest.importorskip("httpx", reason="the tests need httpx (the [test] extra)")
@@ -36,12 +35,6 @@ httpx = pytest.importorskip("httpx", reason="the tests need httpx (the [test] ex
 from bottleneck.serve.app import create_app
 from bottleneck.serve.model import LocalModel
 from bottleneck.serve.options import ServeOptions
-
-LAYERS = ("conv_pw_13_relu", "conv_pw_11_relu")
-
-
-def _quiet(*a, **k):
-    pass
 
 
 def _keras_network(head: str, weights: str, out: str) -> str:
@@ -62,23 +55,11 @@ def _keras_network(head: str, weights: str, out: str) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_folder, tiny_weights):
     """A head, a two-size ensemble and a fine-tuned-style network on one tiny folder."""
-    from features.ensembling import EnsembleOptions, run_ensemble
-
     tmp = tmp_path_factory.mktemp("serve")
-    small, large = str(tmp / "s32.h5"), str(tmp / "s48.h5")
-    extract(tiny_folder, small, weights=tiny_weights, layers=LAYERS, test_size=0.25,
-            val_size=0.0)
-    extract(tiny_folder, large, weights=tiny_weights, image_size=48, test_size=0.25,
-            val_size=0.0)
-    heads = {}
-    for cache, layer, name in ((small, LAYERS[0], "h32"), (large, None, "h48")):
-        heads[name] = str(tmp / f"{name}.joblib")
-        fit_one("logistic", FitOptions(features=cache, layer=layer, out=heads[name], folds=2,
-                                       n_jobs=1), say=_quiet)
-    ensemble = str(tmp / "ens.joblib")
-    run_ensemble(EnsembleOptions(heads=list(heads.values()), out=ensemble, folds=2), say=_quiet)
-    return {"head": heads["h32"], "ensemble": ensemble,
-            "keras": _keras_network(heads["h32"], tiny_weights, str(tmp / "net.keras")),
+    made = tiny_ensemble(tmp, tiny_folder, tiny_weights)
+    head = made["heads"][0]
+    return {"head": head, "ensemble": made["ensemble"],
+            "keras": _keras_network(head, tiny_weights, str(tmp / "net.keras")),
             "tmp": tmp, "weights": tiny_weights}
 
 
@@ -395,7 +376,7 @@ def test_page_in_headless_chromium(models, images, tmp_path):
         want = httpx.post(url + "predict", files=[("file", _read(images[3]))]).json()
         with headless_page() as page:
             page.open(url)
-            assert "h32.joblib" in page.evaluate("document.querySelector('h1').textContent")
+            assert "h13.joblib" in page.evaluate("document.querySelector('h1').textContent")
             page.set_files("#pick", [images[3]])
             label = page.wait_for("document.body.dataset.label")
             shown = page.evaluate("[...document.querySelectorAll('.row .name span:first-child')]"
