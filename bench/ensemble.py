@@ -18,8 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 
 from bottleneck.predict.predictor import load_predictor, predict_paths
-from features.ensemble import load_ensemble
-from features.store import Cache
+from features.cache.store import Cache
+from features.ensembles.combination import load_ensemble
 
 
 def cached(ensemble, limit):

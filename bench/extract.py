@@ -32,7 +32,7 @@ from bottleneck.backbones.network import build_feature_model  # noqa: E402
 from bottleneck.backbones.registry import get_backbone  # noqa: E402
 from bottleneck.data.images import class_folders  # noqa: E402
 from bottleneck.extract import ExtractOptions, run_extract  # noqa: E402
-from features.store import Cache  # noqa: E402
+from features.cache.store import Cache  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")

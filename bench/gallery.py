@@ -6,8 +6,9 @@
 Draws a test split of N images (bottleneck/data/synthetic.py, four classes, one named `<b>&x` to
 exercise escaping), makes up probabilities with about a quarter wrong, deletes a few of the
 chosen mistakes' files (an image moved after extraction), writes the gallery page the reports
-write (features/mistakes.py), then opens it in headless Chromium: `--dump-dom` of a copy with a
-small script that writes every image's naturalWidth into the DOM (0 = did not load), and a
+write (features/reports/mistakes.py), then opens it in headless
+Chromium: `--dump-dom` of a copy with a small script that writes every image's naturalWidth into
+the DOM (0 = did not load), and a
 `--screenshot`. Prints the page's size, the seconds to render it and the loaded / missing counts.
 `check_page(path)` is what tests/test_mistakes.py uses.
 """
@@ -81,7 +82,7 @@ def make_case(out: str, n: int, missing: int, seed: int = 0) -> tuple[dict, str]
     from PIL import Image
 
     from bottleneck.data.synthetic import draw
-    from features.mistakes import gallery_data
+    from features.reports.mistakes import gallery_data
 
     names = ["stripes", "checks", "<b>&x", "dots"]
     patterns = ["stripes", "checks", "rings", "dots"]
@@ -107,7 +108,7 @@ def folder_case(root: str, seed: int = 0) -> tuple[dict, str]:
     """(gallery_data of every image of a class-per-folder tree as the test split, with made-up
     probabilities, about a third wrong; the folder). Nothing is deleted."""
     from bottleneck.data.images import class_folders
-    from features.mistakes import gallery_data
+    from features.reports.mistakes import gallery_data
 
     names = class_folders(root)
     paths = sorted(os.path.join(name, f) for name in names
@@ -121,7 +122,7 @@ def folder_case(root: str, seed: int = 0) -> tuple[dict, str]:
 
 
 def main(argv=None) -> dict:
-    from features.mistakes import render_page
+    from features.reports.mistakes import render_page
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10000)

@@ -59,7 +59,7 @@ def compare(grown: str, fresh: str) -> dict:
     import numpy as np
 
     sys.path.insert(0, ROOT)
-    from features.store import Cache
+    from features.cache.store import Cache
 
     with Cache(grown) as g, Cache(fresh) as f:
         assert g.paths == f.paths

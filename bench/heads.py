@@ -62,8 +62,8 @@ def stock_route(features: str) -> dict:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC, LinearSVC
 
-    from features.heads import KERNEL_C_GRID, LOGISTIC_C_GRID, SVM_C_GRID, cv_splitter
-    from features.store import Cache
+    from features.cache.store import Cache
+    from features.heads.kinds import KERNEL_C_GRID, LOGISTIC_C_GRID, SVM_C_GRID, cv_splitter
 
     warnings.simplefilter("ignore", ConvergenceWarning)
     with Cache(features) as cache:
@@ -121,7 +121,7 @@ def synthetic_cache(path: str, rows: int, dim: int, classes: int, seed: int = 0)
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from helpers import write_synthetic_cache
 
-    from features.split import assign_split
+    from features.cache.split import assign_split
 
     rng = np.random.default_rng(seed)
     y = rng.integers(0, classes, rows)
@@ -156,7 +156,7 @@ def scale(args) -> None:
 
 
 def _matrix_mb(path: str) -> float:
-    from features.store import Cache
+    from features.cache.store import Cache
 
     with Cache(path) as cache:
         _, layers = cache.select_layers("all")

@@ -47,7 +47,7 @@ def prepare_model(work: str, per_class: int = 40) -> str:
         return head
     from bottleneck.data.images import class_folders
     from bottleneck.extract import ExtractOptions, run_extract
-    from features.fitting import FitOptions, fit_one
+    from features.heads.run import FitOptions, fit_one
 
     data = os.path.join(work, "flowers")
     for name in class_folders(FLOWERS):
@@ -202,7 +202,7 @@ def naive_server(model: str, port: int) -> None:
     from bottleneck.backbones.network import feature_model_from_provenance
     from bottleneck.data.images import image_from_bytes
     from bottleneck.predict.base import head_features, top_classes
-    from features.headfile import load_head
+    from features.heads.headfile import load_head
 
     bundle = load_head(model)
     prov, pipeline = bundle["provenance"], bundle["pipeline"]

@@ -1,10 +1,10 @@
 """How well the folder's split stays stratified as the folder grows (issue 21).
 
-Every cache of a folder takes its split from the folder's split record (features/split_record.py),
-so a fresh cache and a grown one agree by construction; what is left to measure is how far a
-class's held-out counts drift from round(fraction x class size) when images arrive in batches.
-Each history starts a class at a few images and grows it in random steps to its final size; at
-every step the record is extended by features.split.folder_split, as extract does. Prints the
+Every cache of a folder takes its split from the folder's split record
+(features/cache/split_record.py), so a fresh cache and a grown one agree by construction; what is
+left to measure is how far a class's held-out counts drift from round(fraction x class size) when
+images arrive in batches. Each history starts a class at a few images and grows it in random steps to its final size; at
+every step the record is extended by features.cache.split.folder_split, as extract does. Prints the
 worst and mean deviation (in images) of the test and val counts per class, over all steps.
 
     python bench/split.py --histories 200 --steps 10
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from features.split import TEST, VAL, _share, folder_split  # noqa: E402
+from features.cache.split import TEST, VAL, _share, folder_split  # noqa: E402
 
 SIZES = (3, 4, 5, 7, 10, 15, 25, 40, 100, 742, 1016)   # small classes, and flowers5's extremes
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from bottleneck.predict.predictor import load_predictor, predict_paths  # noqa: E402
-from features.store import Cache  # noqa: E402
+from features.cache.store import Cache  # noqa: E402
 
 
 def main(cache_path: str, head_path: str) -> dict:

@@ -1,7 +1,7 @@
 """Stage 1: run a frozen backbone once over an image folder and cache its features in HDF5.
 
-Work is journaled batch by batch (features/journal.py) so an interrupted run resumes where it
-stopped, and the cache appears under its final name only when complete (features/store.py).
+Work is journaled batch by batch (features/cache/journal.py) so an interrupted run resumes where it
+stopped, and the cache appears under its final name only when complete (features/cache/store.py).
 The run is planned first (`plan_extraction`: every flag checked, the network built, nothing
 written), then confirmed against an existing cache or journal, computed, and assembled.
 """
@@ -32,14 +32,14 @@ from bottleneck.data.images import ImageFolder, scan_folder
 from bottleneck.shards import BatchSettings, ShardCounts, run_shards
 from bottleneck.worker import Device, count_gpus, pick_devices, run_workers, usable_cores
 from features.atomic import check_writable
+from features.cache.grow import Growth, growth_from_json, merge_order, merged_rows, plan_growth
+from features.cache.journal import Journal, plan_shards
+from features.cache.provenance import CONTENT_KEYS, Provenance
+from features.cache.split import SPLIT_NAMES, folder_split, split_counts
+from features.cache.split_record import SplitFlags, SplitSource, resolve_split_source
+from features.cache.store import Cache, write_cache
+from features.cache.versions import library_versions
 from features.errors import UserError
-from features.grow import Growth, growth_from_json, merge_order, merged_rows, plan_growth
-from features.journal import Journal, plan_shards
-from features.provenance import CONTENT_KEYS, Provenance
-from features.split import SPLIT_NAMES, folder_split, split_counts
-from features.split_record import SplitFlags, SplitSource, resolve_split_source
-from features.store import Cache, write_cache
-from features.versions import library_versions
 
 MAX_VIEWS = 128   # views are seeded by (seed, image index * 1024 + view * 8): keep them apart
 ENGINES = ("local", "ray")
@@ -176,7 +176,8 @@ def _split_source(opts: ExtractOptions, folder: ImageFolder) -> SplitSource | No
 
 
 def _split_of(folder: ImageFolder, source: SplitSource, known: dict) -> np.ndarray:
-    """Every image's split code: `known` ones kept, the others by features/split.py's rules."""
+    """Every image's split code: `known` ones kept, the others by
+    features/cache/split.py's rules."""
     flags = source.flags
     return folder_split(folder.paths, folder.labels, known, test_size=flags.test_size,
                         val_size=flags.val_size, seed=flags.seed)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.cache.journal import Journal, Shard
 from features.errors import UserError
-from features.journal import Journal, Shard
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import queue as queue_mod
 import time
 from dataclasses import dataclass
 
+from features.cache.journal import Journal, Shard
 from features.errors import UserError
-from features.journal import Journal, Shard
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,9 @@ def write_synthetic_cache(path, features: dict, labels, class_names, split=None,
                           data_dir="/nowhere", paths=None):
     """A cache of the given feature arrays, written through the store (no images, no network;
     `paths`, relative to `data_dir`, default img0.png, img1.png, ...)."""
-    from features.provenance import Provenance
-    from features.split import assign_split
-    from features.store import write_cache
+    from features.cache.provenance import Provenance
+    from features.cache.split import assign_split
+    from features.cache.store import write_cache
 
     labels = np.asarray(labels, dtype=np.int32)
     if split is None:
@@ -87,8 +87,8 @@ ENSEMBLE_LAYERS = ("conv_pw_13_relu", "conv_pw_11_relu")
 def tiny_ensemble(tmp, folder, weights) -> dict:
     """Three logistic heads on one folder (two layers at 32 px, one at 48 px) and their
     ensemble: {"heads": [paths], "ensemble": path, "summary": run_ensemble's summary}."""
-    from features.ensembling import EnsembleOptions, run_ensemble
-    from features.fitting import FitOptions, fit_one
+    from features.ensembles.run import EnsembleOptions, run_ensemble
+    from features.heads.run import FitOptions, fit_one
 
     small, large = str(tmp / "s32.h5"), str(tmp / "s48.h5")
     extract(folder, small, weights=weights, layers=ENSEMBLE_LAYERS, test_size=0.25,

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from features.store import Cache
+from features.cache.store import Cache
 
 from .helpers import ROOT, run_cli
 

@@ -1,4 +1,5 @@
-"""The one typed contract (features/provenance.py) and the one atomic write (features/atomic.py)."""
+"""The one typed contract (features/cache/provenance.py) and the one atomic write
+(features/atomic.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from features.atomic import atomic_path, write_json
-from features.provenance import COMPATIBLE_KEYS, CONTENT_KEYS, Provenance
+from features.cache.provenance import COMPATIBLE_KEYS, CONTENT_KEYS, Provenance
 
 BASE = Provenance(backbone="mobilenet", alpha=0.25, weights="none", image_size=32, pool="avg",
                   layers=("a", "b"), layer_indices=(3, 7), preprocess="mobilenet",

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bottleneck.data.synthetic import make_image_folder
-from features import leaderboard
-from features.fitting import FitOptions, fit_one
-from features.headfile import load_head
+from features.heads.headfile import load_head
+from features.heads.run import FitOptions, fit_one
+from features.reports import leaderboard
 
 from .helpers import blobs, run_cli, write_synthetic_cache
 

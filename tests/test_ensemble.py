@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 
 from bottleneck.cli import main
-from features.ensemble import (
+from features.cache.split import SPLIT_NAMES, assign_split
+from features.cache.store import Cache
+from features.ensembles.combination import (
     choose_weights,
     load_ensemble,
     log_loss,
     row_differences,
     weighted_mean,
 )
-from features.ensembling import EnsembleOptions, run_ensemble
+from features.ensembles.run import EnsembleOptions, run_ensemble
 from features.errors import UserError
-from features.fitting import FitOptions, fit_one
-from features.split import SPLIT_NAMES, assign_split
-from features.store import Cache
+from features.heads.run import FitOptions, fit_one
 from tests.helpers import write_synthetic_cache
 
 NAMES = ["a", "b", "c"]
@@ -182,7 +182,7 @@ def test_mismatched_split_and_classes_are_refused(made, capsys):
 
 
 def test_old_heads_refuse_an_ensemble_file_clearly(made):
-    from features.headfile import load_head
+    from features.heads.headfile import load_head
 
     summary = _ensemble(made, made["A"], made["B"])
     load_head(made["A"])    # head files read as before

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from features.estimators import NumpyMLP, TemperedKernelSVC, TemperedLinearSVC, TemperedSGD
+from features.heads.estimators import NumpyMLP, TemperedKernelSVC, TemperedLinearSVC, TemperedSGD
 
 ESTIMATORS = [TemperedLinearSVC(), TemperedKernelSVC(), TemperedSGD(),
               NumpyMLP(hidden=16, max_epochs=10, patience=2, learning_rate=0.02)]

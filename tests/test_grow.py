@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
+from features.cache.split import TEST, TRAIN, VAL, assign_new_split, hash_unit
+from features.cache.store import Cache
 from features.errors import UserError
-from features.split import TEST, TRAIN, VAL, assign_new_split, hash_unit
-from features.store import Cache
 
 from .helpers import extract, run_cli, write_synthetic_cache
 
@@ -124,7 +124,7 @@ def test_other_flags_are_still_refused(grown):
 
 
 def test_a_head_before_growth_is_refused_only_for_new_classes(tiny_copy, tmp_path):
-    from features.headfile import check_head_current, check_head_matches, load_head
+    from features.heads.headfile import check_head_current, check_head_matches, load_head
 
     out = str(tmp_path / "f.h5")
     held = _shrink(tiny_copy, str(tmp_path / "held"))

@@ -8,13 +8,13 @@ import joblib
 import numpy as np
 import pytest
 
+from features.cache.split import assign_split
+from features.cache.store import Cache
 from features.errors import UserError
-from features.fitting import FitOptions, fit_best, fit_one
-from features.headfile import check_head_matches, load_head, make_bundle, save_head
-from features.heads import _fit_mlp_pipeline, make_pipeline
-from features.spec import apply_layer_spec, head_layer_spec
-from features.split import assign_split
-from features.store import Cache
+from features.heads.headfile import check_head_matches, load_head, make_bundle, save_head
+from features.heads.kinds import _fit_mlp_pipeline, make_pipeline
+from features.heads.layer_spec import apply_layer_spec, head_layer_spec
+from features.heads.run import FitOptions, fit_best, fit_one
 
 from .helpers import blobs, write_synthetic_cache
 

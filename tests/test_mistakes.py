@@ -1,4 +1,5 @@
-"""The mistakes gallery (features/mistakes.py) and fit's report that shows it: fast, no network."""
+"""The mistakes gallery (features/reports/mistakes.py) and fit's report that shows it: fast, no
+network."""
 
 import base64
 import io
@@ -14,9 +15,10 @@ from sklearn.metrics import confusion_matrix
 
 from bench.gallery import check_page, chromium
 from bottleneck.data.synthetic import make_image_folder
-from features.fitting import FitOptions, fit_one
-from features.headfile import load_head
-from features.mistakes import (
+from features.cache.store import Cache
+from features.heads.headfile import load_head
+from features.heads.run import FitOptions, fit_one
+from features.reports.mistakes import (
     LIMIT,
     gallery_data,
     most_confused,
@@ -25,7 +27,6 @@ from features.mistakes import (
     thumbnail_uri,
     top_mistakes,
 )
-from features.store import Cache
 
 from .helpers import blobs, write_synthetic_cache
 

@@ -15,10 +15,10 @@ import pytest
 from bottleneck.cli import main
 from bottleneck.data.synthetic import make_image_folder
 from bottleneck.extract import ExtractOptions, run_extract
+from features.cache.store import Cache
 from features.errors import UserError
-from features.fitting import FitOptions, fit_one
-from features.headfile import load_head, save_head
-from features.store import Cache
+from features.heads.headfile import load_head, save_head
+from features.heads.run import FitOptions, fit_one
 
 LAYERS = ("conv_pw_13_relu", "conv_pw_11_relu")
 REAL_WEIGHTS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "weights",
@@ -105,7 +105,7 @@ def test_predict_refuses_bad_models(fitted, tmp_path, capsys):
 
 
 def test_fit_refuses_head_cache_mismatch_via_check(fitted):
-    from features.headfile import check_head_matches
+    from features.heads.headfile import check_head_matches
 
     bundle = load_head(fitted["head"])
     with Cache(fitted["cache"]) as cache:

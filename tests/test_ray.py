@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from features.journal import Journal
+from features.cache.journal import Journal
 
 from .helpers import extract
 from .test_scale import assert_same_cache

@@ -9,9 +9,9 @@ import signal
 import numpy as np
 import pytest
 
+from features.cache.journal import Journal, Shard, plan_shards
+from features.cache.store import Cache
 from features.errors import UserError
-from features.journal import Journal, Shard, plan_shards
-from features.store import Cache
 
 from .helpers import extract
 

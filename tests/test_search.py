@@ -9,11 +9,11 @@ import pytest
 from sklearn.model_selection import GridSearchCV
 from sklearn.preprocessing import StandardScaler
 
-from features import heads
-from features import search as search_module
-from features.estimators import LinearLogistic, TemperedKernelSVC, TemperedLinearSVC
-from features.search import FoldSet, fit_prefix, search
-from features.solvers import Preconditioner, _loss_and_grad_z, _targets
+from features.heads import kinds as heads
+from features.heads import search as search_module
+from features.heads.estimators import LinearLogistic, TemperedKernelSVC, TemperedLinearSVC
+from features.heads.search import FoldSet, fit_prefix, search
+from features.heads.solvers import Preconditioner, _loss_and_grad_z, _targets
 from tests.helpers import blobs, write_synthetic_cache
 
 
@@ -33,7 +33,8 @@ def test_linear_logistic_reaches_sklearns_optimum(k):
 
 
 def _hinge_objective(model, X, y, C):
-    """C * sum of squared hinges + |W|^2 / 2 (intercept free), as features/solvers.py states."""
+    """C * sum of squared hinges + |W|^2 / 2 (intercept free), as
+    features/heads/solvers.py states."""
     classes = np.unique(y)
     z = np.atleast_2d(model.decision_function(X).T).T
     value, _ = _loss_and_grad_z(z, _targets(np.searchsorted(classes, y), len(classes), "hinge"),
@@ -108,7 +109,7 @@ def test_preconditioner_changes_the_path_not_the_minimum():
 
 def test_fit_skips_a_kernel_svm_on_many_rows_and_fit_svm_refuses_it(tmp_path, monkeypatch):
     from features.errors import UserError
-    from features.fitting import FitOptions, fit_best, fit_one
+    from features.heads.run import FitOptions, fit_best, fit_one
 
     monkeypatch.setattr(heads, "KERNEL_MAX_ROWS", 50)
     X, y = blobs(n_per_class=60, k=3, d=6, sep=3.0)
@@ -127,7 +128,7 @@ def test_fit_skips_a_kernel_svm_on_many_rows_and_fit_svm_refuses_it(tmp_path, mo
 def test_large_linear_heads_read_standardized_views_and_match_scaled_copies(monkeypatch):
     """Above the size threshold, linear heads never copy the scaled training rows; the views
     give the candidates' scores and the final head of the scaled copies."""
-    from features.solvers import Standardized
+    from features.heads.solvers import Standardized
 
     monkeypatch.setattr(search_module, "HOLDOUT_ABOVE", 100)
     X, y = blobs(n_per_class=150, k=3, d=10, sep=1.0)

@@ -42,7 +42,7 @@ def _keras_network(head: str, weights: str, out: str) -> str:
     without the training: what serve needs of a .keras is that load_network reads it."""
     from bottleneck.backbones.network import feature_model_from_provenance
     from bottleneck.finetune.transplant import build_network, random_spec, save_network
-    from features.headfile import load_head
+    from features.heads.headfile import load_head
 
     prov = load_head(head)["provenance"]
     body, _ = feature_model_from_provenance(prov, weights=weights)

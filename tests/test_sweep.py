@@ -11,7 +11,7 @@ import numpy as np
 from bottleneck.backbones.registry import build_body, get_backbone
 from bottleneck.backbones.stages import blocks, stage_ends, unfreeze_point
 from bottleneck.cli import main
-from features.store import Cache
+from features.cache.store import Cache
 
 from .helpers import run_cli
 

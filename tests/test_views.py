@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bottleneck.data.augment import augmented_views
-from features.store import Cache
+from features.cache.store import Cache
 from features.tf import tf
 
 from .helpers import extract
@@ -60,8 +60,8 @@ def test_views_change_the_cache_identity(tiny_folder, tmp_path):
 
 def write_view_cache(path, X, V, y, split):
     """A cache with plain features X (n, d) and views V (n, K, d), written through the store."""
-    from features.provenance import Provenance
-    from features.store import write_cache
+    from features.cache.provenance import Provenance
+    from features.cache.store import write_cache
 
     prov = Provenance(data_dir="/nowhere", backbone="mobilenet", alpha=0.25, weights="none",
                       image_size=32, pool="avg", layers=("a",), layer_indices=(1,),
@@ -80,12 +80,12 @@ def view_data(n_per_class=30, k=3, d=6, seed=0):
     centres = rng.normal(size=(3, d)) * 2.5
     X = (centres[y] + rng.normal(size=(len(y), d))).astype(np.float32)
     V = (X[:, None] + rng.normal(scale=0.5, size=(len(y), k, d))).astype(np.float32)
-    from features.split import assign_split
+    from features.cache.split import assign_split
     return X, V, y, assign_split(y, test_size=0.25, val_size=0.0, seed=0)
 
 
 def test_grouped_cv_keeps_views_of_an_image_together():
-    from features.heads import cv_splitter
+    from features.heads.kinds import cv_splitter
 
     groups = np.repeat(np.arange(15), 4)           # 15 images x 4 views each
     y = np.repeat(np.arange(3), 5)[groups]         # 5 images per class
@@ -100,7 +100,7 @@ def test_grouped_cv_keeps_views_of_an_image_together():
 
 
 def test_heads_train_on_views_and_never_touch_test_views(tmp_path):
-    from features.fitting import FitOptions, fit_one
+    from features.heads.run import FitOptions, fit_one
 
     X, V, y, split = view_data()
     V[split == 2] = np.nan            # poison the test images' views: any use would crash
@@ -115,8 +115,8 @@ def test_heads_train_on_views_and_never_touch_test_views(tmp_path):
 
 
 def test_tta_averages_views(tmp_path):
-    from features.fitting import FitOptions, fit_one
-    from features.headfile import load_head
+    from features.heads.headfile import load_head
+    from features.heads.run import FitOptions, fit_one
 
     X, V, y, split = view_data(seed=1)
     path = write_view_cache(tmp_path / "v.h5", X, V, y, split)
@@ -137,8 +137,8 @@ def test_held_out_rows_of_heads_are_whole_images_on_views():
     views look predictable (an overconfident temperature); grouped, they cannot."""
     from sklearn.svm import LinearSVC
 
-    from features.estimators import NumpyMLP, cv_temperature
-    from features.heads import _fit_params, make_pipeline
+    from features.heads.estimators import NumpyMLP, cv_temperature
+    from features.heads.kinds import _fit_params, make_pipeline
 
     rng = np.random.default_rng(0)
     n, k, d = 80, 4, 120

@@ -18,8 +18,8 @@ from bottleneck.backbones.registry import (
     get_backbone,
     weights_id,
 )
+from features.cache.provenance import Provenance
 from features.errors import UserError
-from features.provenance import Provenance
 from features.tf import keras
 
 

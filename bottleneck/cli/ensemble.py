@@ -1,6 +1,6 @@
 """`ensemble`: combine heads fitted on different caches of the same images into one model.
 
-The logic lives in features/ensembling.py (imported when the command runs, so `--help` stays
+The logic lives in features/ensembles/run.py (imported when the command runs, so `--help` stays
 light); this is the argument parser.
 """
 
@@ -35,6 +35,6 @@ def add_parser(sub):
 
 
 def run(args, say):
-    from features.ensembling import EnsembleOptions, run_ensemble
+    from features.ensembles.run import EnsembleOptions, run_ensemble
 
     return run_ensemble(options_from_args(EnsembleOptions, args), say=say)

@@ -1,14 +1,14 @@
 """Stage 2 commands: `fit-svm`, `fit-logistic`, `fit-mlp` and `fit` (all heads, best by CV).
 
-The logic lives in features/fitting.py and features/heads.py (imported when a command runs, so
-`--help` stays light); these are the argument parsers.
+The logic lives in features/heads/run.py and features/heads/kinds.py (imported when a command
+runs, so `--help` stays light); these are the argument parsers.
 """
 
 from __future__ import annotations
 
 from bottleneck.cli.common import options_from_args
 from features.errors import UserError
-from features.heads import DEFAULT_FIT_KINDS, KINDS, ROUTES, SCALINGS
+from features.heads.kinds import DEFAULT_FIT_KINDS, KINDS, ROUTES, SCALINGS
 
 
 def _common(p, out_default: str):
@@ -55,7 +55,7 @@ def _common(p, out_default: str):
 
 
 def _mlp_args(p):
-    """The MLP's flags; unset ones take features/mlp.py's MLPSettings defaults."""
+    """The MLP's flags; unset ones take features/heads/mlp.py's MLPSettings defaults."""
     p.add_argument("--hidden", type=int, default=None, help="MLP hidden units (default 256)")
     p.add_argument("--dropout", type=float, default=None, help="MLP dropout (default 0.5)")
     p.add_argument("--epochs", type=int, default=None,
@@ -78,7 +78,7 @@ def _check_mlp_args(args) -> None:
 
 def options(args):
     """FitOptions from the parsed flags (the MLP's own flags go into its dict)."""
-    from features.fitting import FitOptions, parse_pca
+    from features.heads.run import FitOptions, parse_pca
 
     if args.folds < 2:
         raise UserError("--cv must be at least 2")
@@ -104,7 +104,7 @@ def add_svm_parser(sub):
 
 
 def run_svm(args, say):
-    from features.fitting import fit_one
+    from features.heads.run import fit_one
 
     kind = "svm" if args.kernel == "linear" else f"svm-{args.kernel}"
     return fit_one(kind, options(args), say)
@@ -120,7 +120,7 @@ def add_logistic_parser(sub):
 
 
 def run_logistic(args, say):
-    from features.fitting import fit_one
+    from features.heads.run import fit_one
 
     return fit_one("logistic", options(args), say)
 
@@ -138,7 +138,7 @@ def add_mlp_parser(sub):
 
 
 def run_mlp(args, say):
-    from features.fitting import fit_one
+    from features.heads.run import fit_one
 
     return fit_one("mlp", options(args), say)
 
@@ -162,6 +162,6 @@ def run(args, say):
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
         raise UserError(f"--heads {args.heads!r}: choose among {', '.join(KINDS)}")
-    from features.fitting import fit_best
+    from features.heads.run import fit_best
 
     return fit_best(options(args), kinds, say)

@@ -13,7 +13,7 @@ def add_parser(sub):
 
 
 def run(args, say):
-    from features.store import Cache, newest_cache  # h5py: only when the command runs
+    from features.cache.store import Cache, newest_cache  # h5py: only when the command runs
 
     with Cache(args.file or newest_cache()) as cache:
         info = cache.summary()

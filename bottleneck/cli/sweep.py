@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bottleneck.cli.common import add_backbone_args, options_from_args
 from bottleneck.cli.extract import add_split_args
-from features.probe import C_GRID
+from features.heads.probe import C_GRID
 
 HELP = """Tap the end of every stage of a backbone (for each spatial size of its feature maps, the
 last layer at that size) in ONE forward pass over the images, cache them all in one HDF5 file,

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bottleneck.shards import BatchSettings, ShardCounts
+from features.cache.journal import Journal, Shard
 from features.errors import UserError
-from features.journal import Journal, Shard
 
 
 def check_ray(opts) -> None:

@@ -77,7 +77,7 @@ def _read_cache(path: str | None, sweep: dict | None, say):
     sweep) for --features; (None, None, None) without it."""
     if not path:
         return None, None, None
-    from features.store import Cache
+    from features.cache.store import Cache
 
     with Cache(path) as cache:
         info = cache.provenance().to_json()
@@ -91,7 +91,7 @@ def _read_cache(path: str | None, sweep: dict | None, say):
 
 def _probe_cache(cache, say) -> dict:
     """A sweep-like summary from probing each layer of a cache (train split)."""
-    from features.probe import cv_probe, probe_rows
+    from features.heads.probe import cv_probe, probe_rows
 
     rows = probe_rows(cache.labels, cache.split_mask("train"), 2000, 0)
     indices = cache.provenance().layer_indices

@@ -113,8 +113,8 @@ def _extract(opts: SweepOptions, backbone, alpha, image_size, taps, cache_path, 
 
 def _probe(cache_path: str, specs: dict, opts: SweepOptions):
     """([one row per layer, in depth order], training images probed, classes)."""
-    from features.probe import cv_probe, probe_rows
-    from features.store import Cache
+    from features.cache.store import Cache
+    from features.heads.probe import cv_probe, probe_rows
 
     rows = []
     with Cache(cache_path) as cache:
@@ -132,7 +132,7 @@ def _probe(cache_path: str, specs: dict, opts: SweepOptions):
 
 
 def _summary(opts, row, alpha, image_size, rows, best, cache_path, n_train, n_classes) -> dict:
-    from features.probe import C_GRID
+    from features.heads.probe import C_GRID
 
     last = rows[-1]
     # a lower layer "wins" only by more than the spread of the folds' scores

@@ -1,5 +1,5 @@
-"""Reports of a fine-tuned network: stage 2's test report (features/report.py, mistakes gallery
-included) and training curves."""
+"""Reports of a fine-tuned network: stage 2's test report (features/reports/metrics.py, mistakes
+gallery included) and training curves."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import numpy as np
 
 def write_report(directory: str, y_true, probs, class_names, extra: dict | None = None, *,
                  paths=None, data_dir: str = "") -> dict:
-    """Stage 2's report files (features/report.py: metrics.json, classification_report.txt,
+    """Stage 2's report files (features/reports/metrics.py: metrics.json, classification_report.txt,
     confusion_matrix.png, and with the test images' `paths` relative to `data_dir` the mistakes
     gallery, mistakes.html) for the network; returns {'test_accuracy', 'test_metrics'}."""
-    from features.mistakes import gallery_data
-    from features.report import classification_text, test_metrics
-    from features.report import write_report as write_stage2
+    from features.reports.metrics import classification_text, test_metrics
+    from features.reports.metrics import write_report as write_stage2
+    from features.reports.mistakes import gallery_data
 
     metrics = test_metrics(y_true, probs, class_names)
     gallery = None if paths is None else gallery_data(y_true, probs, class_names, paths=paths,
@@ -32,7 +32,7 @@ def plot_curves(path: str, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from features.report import save_figure
+    from features.reports.metrics import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     epochs = [row["epoch"] for row in history]

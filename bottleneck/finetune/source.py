@@ -1,10 +1,10 @@
 """What fine-tuning starts from: the head (or none), the cache and its split, checked together.
 
 `--from-head best.joblib` holding a kernel SVM (not transplantable) takes the best transplantable
-head of its cache on the leaderboard beside it (features/leaderboard.py), and says so.
-A head file's provenance must match the cache (one check: `features.headfile.check_head_matches`);
-a head refit on train+val is refit on train only, so the val split that chooses the checkpoint
-stays unseen.
+head of its cache on the leaderboard beside it (features/reports/leaderboard.py), and says so.
+A head file's provenance must match the cache (one check:
+`features.heads.headfile.check_head_matches`); a head refit on train+val is refit on train only,
+so the val split that chooses the checkpoint stays unseen.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from bottleneck.finetune.options import FinetuneOptions
+from features.cache.provenance import Provenance
+from features.cache.store import Cache
 from features.errors import UserError
-from features.provenance import Provenance
-from features.store import Cache
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Head:
 
     Library code and tests may build one from a bare spec and provenance (bundle None)."""
 
-    spec: list[dict]                  # the head as layer ops (features/spec.py)
+    spec: list[dict]                  # the head as layer ops (features/heads/layer_spec.py)
     provenance: Provenance            # the cache (and taps) it was fit on
     kind: str | None = None           # logistic, svm, sgd, mlp, ...
     predict_proba: Callable | None = None   # the transplant check's reference (default: the spec)
@@ -47,7 +47,7 @@ class Source:
     layers: list[str]        # the cache layers the head reads, in its concatenation order
     provenance: Provenance   # the network to build: the cache's, with only those taps
     data_dir: str
-    spec: list[dict]         # the head as layer ops (features/spec.py)
+    spec: list[dict]         # the head as layer ops (features/heads/layer_spec.py)
     rows: dict = field(default_factory=dict)   # split name -> sorted cache rows
     info: dict = field(default_factory=dict)   # what the saved network records of its origin
 
@@ -59,8 +59,8 @@ class Source:
 def load_head_spec(path: str, bundle: dict | None = None) -> Head:
     """A saved head file (or its loaded `bundle`) as a Head (refused when it cannot become
     network layers exactly)."""
-    from features.headfile import load_head
-    from features.spec import head_layer_spec
+    from features.heads.headfile import load_head
+    from features.heads.layer_spec import head_layer_spec
 
     bundle = bundle if bundle is not None else load_head(path)
     try:
@@ -79,9 +79,9 @@ def load_head_spec(path: str, bundle: dict | None = None) -> Head:
 def load_from_head(path: str, say) -> Head:
     """--from-head: the head file; for a leaderboard's best.joblib holding a kernel SVM, the
     best transplantable head of its cache on that leaderboard (said in one line)."""
-    from features import leaderboard
-    from features.headfile import load_head
-    from features.heads import NOT_TRANSPLANTABLE
+    from features.heads.headfile import load_head
+    from features.heads.kinds import NOT_TRANSPLANTABLE
+    from features.reports import leaderboard
 
     bundle = load_head(path)
     kind = bundle.get("kind")
@@ -103,7 +103,7 @@ def load_from_head(path: str, say) -> Head:
 
 def open_cache(opts: FinetuneOptions, head: Head | None) -> Cache:
     """The cache whose split and images we train on; checked against the head's provenance."""
-    from features.headfile import check_head_matches
+    from features.heads.headfile import check_head_matches
 
     prov = head.provenance if head is not None else None
     path = opts.features or (prov.cache_path if prov else None)
@@ -135,7 +135,7 @@ def refit_head_on_train(head: Head, cache: Cache, layers, train_rows, say) -> He
     checkpoint: refit a copy on the train rows only, same hyper-parameters."""
     from sklearn.base import clone
 
-    from features.spec import head_layer_spec
+    from features.heads.layer_spec import head_layer_spec
 
     started = time.time()
     pipeline = clone(head.bundle["pipeline"])

@@ -1,7 +1,7 @@
 """A fitted head, as a layer spec, becomes the classifier on top of the feature network.
 
-The spec (made by `features.spec.head_layer_spec`) is a list of numpy ops on the flattened,
-concatenated cache features:
+The spec (made by `features.heads.layer_spec.head_layer_spec`) is a list of numpy ops on the
+flattened, concatenated cache features:
 
     {"op": "l2"}                                   x / max(||x||_2, 1e-12), row-wise
     {"op": "dense", "kernel": (d_in, d_out), "bias": (d_out,), "activation": linear|relu|softmax}
@@ -60,9 +60,10 @@ class ClassProbabilities(keras.layers.Layer):
 
 
 def apply_spec(spec, X) -> np.ndarray:
-    """The spec as numpy ops (float64), for checking: `features.spec.apply_layer_spec`, with a
+    """The spec as numpy ops (float64), for checking:
+    `features.heads.layer_spec.apply_layer_spec`, with a
     missing activation read as linear and an unknown op refused as a UserError."""
-    from features.spec import apply_layer_spec
+    from features.heads.layer_spec import apply_layer_spec
 
     try:
         return apply_layer_spec([{"activation": "linear", **op} if op.get("op") == "dense" else op

@@ -1,6 +1,6 @@
-"""The predictor of an ensemble file (features/ensemble.py): each member's backbone runs once
-per image, members that share a network (backbone, weights, size, pooling) share one forward
-pass over the union of their taps, and the members' probabilities are combined."""
+"""The predictor of an ensemble file (features/ensembles/combination.py): each member's backbone
+runs once per image, members that share a network (backbone, weights, size, pooling) share one
+forward pass over the union of their taps, and the members' probabilities are combined."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 
 from bottleneck.predict.base import Predictor, head_features
-from features.ensemble import load_ensemble
+from features.ensembles.combination import load_ensemble
 
 
 def _union_provenance(members):

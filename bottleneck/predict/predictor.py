@@ -24,7 +24,7 @@ def load_predictor(path: str, weights: str | None = None) -> Predictor:
     Predictor."""
     ext = os.path.splitext(path)[1].lower()
     if ext == ".joblib":
-        from features.ensemble import is_ensemble_file
+        from features.ensembles.combination import is_ensemble_file
 
         if is_ensemble_file(path):
             from bottleneck.predict.ensemble import load_ensemble_predictor
@@ -51,7 +51,7 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
         compiled_forward,
         feature_model_from_provenance,
     )
-    from features.headfile import check_head_current, check_head_matches, load_head
+    from features.heads.headfile import check_head_current, check_head_matches, load_head
 
     bundle = load_head(path)
     check_head_current(bundle)

@@ -9,8 +9,8 @@ import json
 import os
 
 from features.atomic import write_text
-from features.mistakes import STYLE as MISTAKES_STYLE
-from features.mistakes import render_fragment
+from features.reports.mistakes import STYLE as MISTAKES_STYLE
+from features.reports.mistakes import render_fragment
 
 
 def _metrics(directory: str | None) -> dict | None:

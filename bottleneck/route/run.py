@@ -107,8 +107,8 @@ def _extract(opts: RunOptions, advice: dict, result: dict, stages: list, say) ->
 
 
 def _fit(opts: RunOptions, advice: dict, cache: str, result: dict, stages: list, say) -> dict:
-    from features.fitting import FitOptions, fit_best
-    from features.heads import DEFAULT_FIT_KINDS, KINDS
+    from features.heads.kinds import DEFAULT_FIT_KINDS, KINDS
+    from features.heads.run import FitOptions, fit_best
 
     started = _step("fit", say)
     kinds = [k.strip() for k in (opts.heads or ",".join(DEFAULT_FIT_KINDS)).split(",")
@@ -129,7 +129,7 @@ def _fit(opts: RunOptions, advice: dict, cache: str, result: dict, stages: list,
 def _finetune(opts: RunOptions, advice: dict, fitted: dict, result: dict, stages: list, say):
     from bottleneck.finetune.options import FinetuneOptions
     from bottleneck.finetune.run import run_finetune
-    from features.heads import NOT_TRANSPLANTABLE
+    from features.heads.kinds import NOT_TRANSPLANTABLE
 
     started = _step("finetune", say)
     head = (fitted.get("transplantable") or {}).get("path") or fitted["path"]

@@ -1,0 +1,1 @@
+"""A model's test metrics and report files, the mistakes gallery, and the leaderboard of heads."""
