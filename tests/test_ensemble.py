@@ -193,10 +193,8 @@ def test_old_heads_refuse_an_ensemble_file_clearly(made):
 # ---- predict on images agrees with the ensemble on cached features
 
 @pytest.fixture(scope="module")
-def real(tmp_path_factory, tiny_folder, tiny_weights):
-    from tests.helpers import tiny_ensemble
-
-    made = tiny_ensemble(tmp_path_factory.mktemp("ens_real"), tiny_folder, tiny_weights)
+def real(tiny_heads, tiny_folder, tiny_weights):
+    made = tiny_heads
     return {"data": tiny_folder, "ensemble": made["ensemble"], "summary": made["summary"],
             "weights": tiny_weights}
 

@@ -27,7 +27,7 @@ import pytest
 from bottleneck.cli import build_parser, main
 from bottleneck.data.images import class_folders
 from features.errors import UserError
-from tests.helpers import ROOT, tiny_ensemble
+from tests.helpers import ROOT
 
 pytest.importorskip("fastapi", reason="serve needs the [serve] extra")
 httpx = pytest.importorskip("httpx", reason="the tests need httpx (the [test] extra)")
@@ -53,10 +53,10 @@ def _keras_network(head: str, weights: str, out: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_folder, tiny_weights):
-    """A head, a two-size ensemble and a fine-tuned-style network on one tiny folder."""
+def models(tmp_path_factory, tiny_heads, tiny_weights):
+    """A head, a two-size ensemble (the suite's tiny_heads) and a fine-tuned-style network."""
     tmp = tmp_path_factory.mktemp("serve")
-    made = tiny_ensemble(tmp, tiny_folder, tiny_weights)
+    made = tiny_heads
     head = made["heads"][0]
     return {"head": head, "ensemble": made["ensemble"],
             "keras": _keras_network(head, tiny_weights, str(tmp / "net.keras")),
