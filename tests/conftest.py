@@ -38,3 +38,12 @@ def tiny_weights(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("w") / "mobilenet_025.weights.h5")
     body.save_weights(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_heads(tmp_path_factory, tiny_folder, tiny_weights):
+    """Three logistic heads of the tiny folder (two layers at 32 px, one at 48 px) and their
+    ensemble (tests.helpers.tiny_ensemble), made once for the suite: read them, never write."""
+    from tests.helpers import tiny_ensemble
+
+    return tiny_ensemble(tmp_path_factory.mktemp("ens_real"), tiny_folder, tiny_weights)

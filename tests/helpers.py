@@ -79,3 +79,27 @@ def blobs(n_per_class=60, k=4, d=12, sep=3.0, seed=0):
     X = centres[y] + rng.normal(size=(len(y), d))
     perm = rng.permutation(len(y))
     return X[perm].astype(np.float32), y[perm]
+
+
+ENSEMBLE_LAYERS = ("conv_pw_13_relu", "conv_pw_11_relu")
+
+
+def tiny_ensemble(tmp, folder, weights) -> dict:
+    """Three logistic heads on one folder (two layers at 32 px, one at 48 px) and their
+    ensemble: {"heads": [paths], "ensemble": path, "summary": run_ensemble's summary}."""
+    from features.ensembles.run import EnsembleOptions, run_ensemble
+    from features.heads.run import FitOptions, fit_one
+
+    small, large = str(tmp / "s32.h5"), str(tmp / "s48.h5")
+    extract(folder, small, weights=weights, layers=ENSEMBLE_LAYERS, test_size=0.25,
+            val_size=0.0)
+    extract(folder, large, weights=weights, image_size=48, test_size=0.25, val_size=0.0)
+    heads = []
+    for cache, layer, name in ((small, ENSEMBLE_LAYERS[0], "h13"),
+                               (small, ENSEMBLE_LAYERS[1], "h11"), (large, None, "h48")):
+        heads.append(str(tmp / f"{name}.joblib"))
+        fit_one("logistic", FitOptions(features=cache, layer=layer, out=heads[-1], folds=2,
+                                       n_jobs=1), say=lambda *a: None)
+    out = str(tmp / "ens.joblib")
+    summary = run_ensemble(EnsembleOptions(heads=heads, out=out, folds=2), say=lambda *a: None)
+    return {"heads": heads, "ensemble": out, "summary": summary}

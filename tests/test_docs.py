@@ -33,12 +33,12 @@ def test_strict_build_fails_on_a_fault(tmp_path, fault):
     shutil.copy(os.path.join(ROOT, "mkdocs.yml"), copy / "mkdocs.yml")
     if fault == "broken link":
         with open(copy / "docs" / "commands" / "fit.md", "a") as handle:
-            handle.write("\nSee [the serving page](serve.md).\n")
+            handle.write("\nSee [a page that does not exist](nowhere.md).\n")
     else:
         (copy / "docs" / "commands" / "orphan.md").write_text("# Nobody links here\n")
     done = build(copy, tmp_path / "site")
     assert done.returncode != 0, f"the strict build accepted a {fault}"
-    assert ("serve.md" if fault == "broken link" else "orphan.md") in done.stderr
+    assert ("nowhere.md" if fault == "broken link" else "orphan.md") in done.stderr
 
 
 def test_readme_links_into_docs_exist():

@@ -192,28 +192,11 @@ def test_old_heads_refuse_an_ensemble_file_clearly(made):
 
 # ---- predict on images agrees with the ensemble on cached features
 
-LAYERS = ("conv_pw_13_relu", "conv_pw_11_relu")
-
-
 @pytest.fixture(scope="module")
-def real(tmp_path_factory, tiny_folder, tiny_weights):
-    from tests.helpers import extract
-
-    tmp = tmp_path_factory.mktemp("ens_real")
-    small, large = str(tmp / "s32.h5"), str(tmp / "s48.h5")
-    extract(tiny_folder, small, weights=tiny_weights, layers=LAYERS, test_size=0.25,
-            val_size=0.0)
-    extract(tiny_folder, large, weights=tiny_weights, image_size=48, test_size=0.25,
-            val_size=0.0)
-    heads = []
-    for cache, layer, name in ((small, LAYERS[0], "h13"), (small, LAYERS[1], "h11"),
-                               (large, None, "h48")):
-        heads.append(str(tmp / f"{name}.joblib"))
-        fit_one("logistic", FitOptions(features=cache, layer=layer, out=heads[-1], folds=2,
-                                       n_jobs=1), say=_quiet)
-    out = str(tmp / "ens.joblib")
-    summary = run_ensemble(EnsembleOptions(heads=heads, out=out, folds=2), say=_quiet)
-    return {"data": tiny_folder, "ensemble": out, "summary": summary, "weights": tiny_weights}
+def real(tiny_heads, tiny_folder, tiny_weights):
+    made = tiny_heads
+    return {"data": tiny_folder, "ensemble": made["ensemble"], "summary": made["summary"],
+            "weights": tiny_weights}
 
 
 def test_predict_agrees_with_ensemble_on_cached_features(real, capsys):

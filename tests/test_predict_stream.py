@@ -100,7 +100,7 @@ def test_memory_does_not_grow_with_the_images(stand_in, tmp_path, monkeypatch):
     """Peak Python memory of 400 images is that of 100: only a batch (and one folder's names)
     is held; a list of all rows or paths would add tens of bytes per image. Decoding is stubbed:
     TensorFlow's eager ops leave garbage cycles whose size depends on when gc runs."""
-    monkeypatch.setattr(predictor_module, "_load", lambda predictor, chunk: (
+    monkeypatch.setattr(predictor_module, "load_inputs", lambda predictor, chunk: (
         np.zeros((len(chunk), 8, 8, 3), np.float32), list(range(len(chunk))), []))
     small = make_images(tmp_path / "small", 100)
     large = make_images(tmp_path / "large", 400)

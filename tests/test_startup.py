@@ -23,7 +23,9 @@ try:
 except SystemExit as exc:   # --help exits
     code = exc.code
 print(json.dumps({{"code": code, "tf": "tensorflow" in sys.modules,
-                   "sklearn": "sklearn" in sys.modules}}), file=sys.stderr)
+                   "sklearn": "sklearn" in sys.modules,
+                   "server": sorted(m for m in ("fastapi", "uvicorn", "starlette", "ray.serve")
+                                    if m in sys.modules)}}), file=sys.stderr)
 """
 
 
@@ -34,11 +36,13 @@ def imports_of(*argv) -> dict:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["extract", "--help"], ["fit-svm", "--help"],
-                                  ["finetune", "--help"], ["backbones"], ["audit", "--help"],
-                                  ["similar", "--help"], ["fit-knn", "--help"]])
+                                  ["finetune", "--help"], ["serve", "--help"], ["backbones"],
+                                  ["audit", "--help"], ["similar", "--help"],
+                                  ["fit-knn", "--help"]])
 def test_help_and_backbones_import_no_tensorflow(argv):
+    """...nor the web server's libraries (only `serve` itself loads them)."""
     seen = imports_of(*argv)
-    assert seen["code"] == 0 and not seen["tf"], seen
+    assert seen["code"] == 0 and not seen["tf"] and not seen["server"], seen
     if argv[-1] == "--help":
         assert not seen["sklearn"], seen   # the parsers read constants only
 
@@ -46,10 +50,10 @@ def test_help_and_backbones_import_no_tensorflow(argv):
 def test_info_and_linear_fits_import_no_tensorflow(tmp_path):
     X, y = blobs(n_per_class=12, k=3, d=6)
     cache = write_synthetic_cache(tmp_path / "c.h5", {"a": X}, y, ["p", "q", "r"])
-    assert imports_of("info", cache) == {"code": 0, "tf": False, "sklearn": False}
+    assert imports_of("info", cache) == {"code": 0, "tf": False, "sklearn": False, "server": []}
     for command in ("fit-svm", "fit-logistic", "fit-knn"):
         seen = imports_of(command, "--features", cache, "--out", str(tmp_path / "h.joblib"))
-        assert seen["code"] == 0 and not seen["tf"], (command, seen)
+        assert seen["code"] == 0 and not seen["tf"] and not seen["server"], (command, seen)
 
 
 def test_top_level_help_imports_no_h5py():

@@ -39,6 +39,7 @@ COMMANDS = {
     "predict": ("predict", "add_parser", "run"),
     "finetune": ("finetune", "add_parser", "run"),
     "export": ("export", "add_parser", "run"),
+    "serve": ("serve", "add_parser", "run"),
 }
 
 

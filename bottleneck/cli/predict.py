@@ -129,20 +129,13 @@ class _Rows(contextlib.ExitStack):
             write(path, top)
 
 
-def top_classes(proba, names, k):
-    """The k most probable [class, probability] pairs, ties in class order."""
-    import numpy as np
-
-    order = np.argsort(-proba, kind="stable")[:k]
-    return [[names[i], round(float(proba[i]), 6)] for i in order]
-
-
 FAILED_SHOWN = 10   # unreadable images named in the summary (all are in the rows)
 
 
 def run(args, say):
     """Predict every image as it is read; keeps only running counts (bounded by the classes)."""
     check_flags(args)
+    from bottleneck.predict.base import top_classes
     from bottleneck.predict.predictor import collect_images, load_predictor, predict_paths
 
     predictor = load_predictor(args.model, args.weights)

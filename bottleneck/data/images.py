@@ -16,6 +16,7 @@ from bottleneck.data.augment import augmented_views
 from features.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+NOT_AN_IMAGE = "cannot decode: not an image (no known image format: JPEG, PNG, BMP, GIF, WebP)"
 SPLIT_DIRS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2}
 
 
@@ -178,7 +179,13 @@ def scan_folder(root: str) -> ImageFolder:
 
 def _decode(path):
     from features.tf import tf
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return _decode_contents(tf.io.read_file(path))
+
+
+def _decode_contents(contents):
+    """A uint8 (H, W, 3) image of encoded bytes (a string tensor): the first frame of a GIF."""
+    from features.tf import tf
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
@@ -186,10 +193,6 @@ def _decode(path):
 def _resize(image, image_size: int):
     from features.tf import tf
     return tf.image.resize(image, (image_size, image_size), method="bilinear")
-
-
-def _decode_resize(path, image_size: int):
-    return _resize(_decode(path), image_size)
 
 
 def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, views: int = 0,
@@ -213,58 +216,86 @@ def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, v
 
 def decode_with_pillow(path: str):
     """(uint8 RGB array, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
+    data, reason = read_image_file(path)
+    return (None, reason) if data is None else decode_bytes_with_pillow(data)
+
+
+def decode_bytes_with_pillow(data: bytes):
+    """(uint8 RGB array, None) of an encoded image via Pillow, or (None, reason)."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
+    if not data:
+        return None, "empty file (0 bytes)"
     try:
-        if os.path.getsize(path) == 0:
-            return None, "empty file (0 bytes)"
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             return np.asarray(img.convert("RGB")), None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        return None, NOT_AN_IMAGE
+    except (OSError, ValueError, SyntaxError) as exc:
         return None, f"cannot decode: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def decode_bytes(data: bytes):
+    """(uint8 (H, W, 3) image, None) of an encoded image, or (None, reason): TensorFlow's decoder
+    first, then Pillow's for what TensorFlow refuses (some BMP bit depths)."""
+    from features.tf import tf
+    try:
+        return _decode_contents(tf.constant(data)), None
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        return decode_bytes_with_pillow(data)
+
+
+def image_from_bytes(data: bytes, sizes=(224,)):
+    """([float32 (S, S, 3) image in [0, 255] for each size S], None), or (None, reason): the one
+    bytes -> model input step of predict, serve and the Ray engine (decoded once, resized to each
+    size, bilinear, as extraction's pipeline does)."""
+    image, reason = decode_bytes(data)
+    if image is None:
+        return None, reason
+    return [_resize(image, size).numpy().astype(np.float32) for size in sizes], None
+
+
+def read_image_file(path: str):
+    """(the file's bytes, None), or (None, reason) for a name or file that cannot be read."""
+    reason = readable_name(path)
+    if reason:
+        return None, reason
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(), None
+    except FileNotFoundError:
+        return None, "no such file"
+    except OSError as exc:
+        return None, f"cannot read: {exc.strerror or type(exc).__name__}"
+
+
+def image_from_file(path: str, sizes=(224,)):
+    """image_from_bytes of a file's contents: ([image per size], None) or (None, reason)."""
+    data, reason = read_image_file(path)
+    return (None, reason) if data is None else image_from_bytes(data, sizes)
 
 
 def load_views(path: str, views: int, image_size: int, seed: int = 0, index: int = 0):
     """(views, S, S, 3) seeded augmented views of one file (as `extract --views`), or None."""
-    from features.tf import tf
-    try:
-        decoded = _decode(tf.constant(path))
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
-        decoded, _ = decode_with_pillow(path) if os.path.exists(path) else (None, None)
-        if decoded is None:
-            return None
+    data, _ = read_image_file(path)
+    decoded, _ = decode_bytes(data) if data is not None else (None, None)
+    if decoded is None:
+        return None
     return augmented_views(decoded, index, seed, views, image_size).numpy()
-
-
-def load_with_pillow(path: str, image_size: int):
-    """(float32 image, None) via Pillow for formats TensorFlow refuses, or (None, reason)."""
-    array, reason = decode_with_pillow(path)
-    if array is None:
-        return None, reason
-    return _resize(array, image_size).numpy().astype(np.float32), None
 
 
 def load_batch(paths: list[str], image_size: int):
     """Decode and resize a small list of files (for predict): (images, ok indices, [(i, reason)])."""
-    from features.tf import tf
     images, ok, bad = [], [], []
     for i, path in enumerate(paths):
-        if readable_name(path):
-            bad.append((i, readable_name(path)))
-            continue
-        try:
-            images.append(_decode_resize(tf.constant(path), image_size).numpy())
-            ok.append(i)
-            continue
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
-            pass
-        image, reason = load_with_pillow(path, image_size) if os.path.exists(path) else (
-            None, "no such file")
-        if image is None:
+        sized, reason = image_from_file(path, (image_size,))
+        if sized is None:
             bad.append((i, reason))
         else:
-            images.append(image)
+            images.append(sized[0])
             ok.append(i)
     shape = (0, image_size, image_size, 3)
     return (np.stack(images) if images else np.zeros(shape, np.float32)), ok, bad

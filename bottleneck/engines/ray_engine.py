@@ -62,17 +62,12 @@ def decode_range(batch: dict, out: str, root: str, size: int) -> dict:
 def decode_rows(batch: dict, root: str, size: int) -> dict:
     """CPU task: decode and resize each image as the local engine does (TensorFlow first,
     then Pillow); an unreadable one keeps its row with ok False and the reason."""
-    from bottleneck.data.images import _decode_resize, load_with_pillow
-    from features.tf import tf
+    from bottleneck.data.images import image_from_file
 
     images, ok, reasons = [], [], []
     for rel in batch["path"]:
-        path = os.path.join(root, str(rel))
-        try:
-            image, reason = _decode_resize(tf.constant(path), size).numpy(), ""
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, tf.errors.UnknownError):
-            image, reason = load_with_pillow(path, size) if os.path.exists(path) else (
-                None, "no such file")
+        sized, reason = image_from_file(os.path.join(root, str(rel)), (size,))
+        image = sized[0] if sized is not None else None
         ok.append(image is not None)
         reasons.append(reason or "")
         images.append(image if image is not None else np.zeros((size, size, 3), np.float32))

@@ -20,6 +20,11 @@ class Predictor:
     # several input sizes (an ensemble): predict_images then takes {size: images at that size}
     image_sizes: tuple[int, ...] = ()
 
+    @property
+    def input_sizes(self) -> tuple[int, ...]:
+        """Every image size the predictor reads, in the order its inputs are built."""
+        return self.image_sizes or (self.image_size,)
+
 
 def head_features(outputs, prov) -> np.ndarray:
     """Flattened, concatenated features of a head's feature_layers from the network's outputs
@@ -30,3 +35,10 @@ def head_features(outputs, prov) -> np.ndarray:
         out = np.asarray(outputs[taps.index(layer)])
         parts.append(out.reshape(len(out), -1))
     return np.concatenate(parts, axis=1)
+
+
+def top_classes(proba, names, k: int) -> list:
+    """The k most probable [class, probability] pairs (rounded to 6 places), ties in class
+    order: the rows predict prints and serve answers."""
+    order = np.argsort(-proba, kind="stable")[:k]
+    return [[names[i], round(float(proba[i]), 6)] for i in order]

@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 
 from bottleneck.predict.base import Predictor, head_features
+from bottleneck.predict.inputs import load_inputs
 from features.errors import UserError
 
 
@@ -84,7 +85,8 @@ def load_head_predictor(path: str, weights: str | None = None) -> Predictor:
     def predict_images(images):
         return pipeline.predict_proba(features(images))
 
-    info = {"head": bundle["kind"], "layer": prov.layer, "backbone": prov.backbone}
+    info = {"head": bundle["kind"], "layer": prov.layer, "backbone": prov.backbone,
+            "provenance": prov.to_json()}
     if prov.weights == "none":
         info["warning"] = ("the head was fitted on features of a randomly initialised backbone "
                            "(weights none, seeded): fine for testing the route, not for real use")
@@ -130,7 +132,7 @@ def predict_paths(predictor: Predictor, paths, batch_size: int = 32, tta: int = 
     With `tta` N, each image's probabilities are the mean over its plain view and N seeded
     augmented views (the same augmentation as `extract --views`)."""
     for start, chunk in batches(paths, batch_size):
-        images, ok, bad = _load(predictor, chunk)
+        images, ok, bad = load_inputs(predictor, chunk)
         proba = predictor.predict_images(images) if len(ok) else np.zeros((0, 0))
         if tta and len(ok):
             views = _sized(predictor, partial(_views, [chunk[i] for i in ok],
@@ -155,15 +157,3 @@ def _sized(predictor: Predictor, make):
     if not predictor.image_sizes:
         return make(predictor.image_size)
     return {size: make(size) for size in predictor.image_sizes}
-
-
-def _load(predictor: Predictor, chunk):
-    """(images, ok, bad) of a chunk of files at the predictor's size(s); decoding does not
-    depend on the size, so every size reads the same files."""
-    from bottleneck.data.images import load_batch
-
-    loaded = _sized(predictor, lambda size: load_batch(chunk, size))
-    if not predictor.image_sizes:
-        return loaded
-    first = loaded[predictor.image_sizes[0]]
-    return {size: part[0] for size, part in loaded.items()}, first[1], first[2]
