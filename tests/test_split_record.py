@@ -131,6 +131,7 @@ def test_new_images_take_the_codes_the_record_gave_them_first(grown, tmp_path):
 
 
 def test_an_unwritable_record_is_a_warning_naming_split_from(tiny_copy, tmp_path):
+    shutil.rmtree(os.path.join(tiny_copy, RECORD_DIR), ignore_errors=True)   # copied along
     open(os.path.join(tiny_copy, RECORD_DIR), "w").close()      # a file where the folder goes
     said = []
     from bottleneck.extract import ExtractOptions, run_extract
@@ -143,7 +144,7 @@ def test_an_unwritable_record_is_a_warning_naming_split_from(tiny_copy, tmp_path
 
 
 def test_a_damaged_record_is_refused_in_one_line(tiny_copy, tmp_path):
-    os.makedirs(os.path.join(tiny_copy, RECORD_DIR))
+    os.makedirs(os.path.join(tiny_copy, RECORD_DIR), exist_ok=True)
     with open(os.path.join(tiny_copy, RECORD_DIR, FLAGS.file_name()), "w") as handle:
         handle.write("{not json")
     with pytest.raises(UserError, match="cannot be read.*delete it"):
