@@ -131,6 +131,30 @@ def test_mlp_head_is_numpy_and_early_stopped(separable, tmp_path):
     assert "val" in bundle["scores"]["refit_on"]
 
 
+@pytest.mark.parametrize("k", [2, 4])
+def test_mlp_keeps_the_best_epoch_of_scikit_learns_mlp(k):
+    """The MLP head is MLPClassifier's model at its best val-loss epoch (binary: logits [0, z])."""
+    from sklearn.metrics import log_loss
+
+    from features.heads.estimators import softmax
+    from features.heads.mlp import MLPSettings, classifier, forward, train_mlp
+
+    X, y = blobs(n_per_class=40, k=k, d=10, sep=0.4, seed=k)   # overlapping: val loss turns up
+    fit, val = slice(0, 30 * k), slice(30 * k, None)
+    settings = MLPSettings(hidden=32, max_epochs=200, patience=3)
+    result = train_mlp(X[fit], y[fit], X[val], y[val], k, settings, seed=0)
+    assert result.best_epoch < result.n_epochs   # it stopped early: the best epoch is not the last
+    replay, losses = classifier(settings, 30 * k, seed=0), []
+    for epoch in range(1, result.n_epochs + 1):
+        replay.partial_fit(X[fit], y[fit], classes=np.arange(k))
+        losses.append(log_loss(y[val], replay.predict_proba(X[val]), labels=np.arange(k)))
+        if epoch == result.best_epoch:
+            best = replay.predict_proba(X)
+    assert result.best_epoch == int(np.argmin(losses)) + 1
+    assert result.n_epochs == min(settings.max_epochs, result.best_epoch + settings.patience)
+    np.testing.assert_allclose(softmax(forward(result.weights, X)), best, atol=1e-5)
+
+
 def test_out_of_core_route(separable, tmp_path):
     said = []
     s = fit_one("svm", quick(features=separable, out=str(tmp_path / "o.joblib"),

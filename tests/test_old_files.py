@@ -73,6 +73,18 @@ def test_old_head_still_transplants_exactly(kind, cache, expected):
     np.testing.assert_allclose(apply_layer_spec(spec, X), expected[kind], atol=1e-5)
 
 
+def test_an_old_mlp_head_with_dropout_is_refused_a_refit_naming_the_fix(cache):
+    from sklearn.base import clone
+
+    from features.errors import UserError
+
+    bundle = load_head(old("old_head_mlp.joblib"))
+    assert bundle["pipeline"][-1].dropout == 0.5   # the numpy trainer's default then
+    X = cache.features(list(bundle["provenance"].feature_layers))
+    with pytest.raises(UserError, match="no dropout.*fit-mlp"):
+        clone(bundle["pipeline"]).fit(X, cache.labels)
+
+
 def test_old_ensemble_predicts_as_it_did(cache, expected):
     ensemble = load_ensemble(old("old_ensemble.joblib"))
     assert [m.kind for m in ensemble.members] == ["logistic", "svm"]

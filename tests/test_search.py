@@ -152,8 +152,8 @@ def test_large_linear_heads_read_standardized_views_and_match_scaled_copies(monk
     np.testing.assert_allclose(final.predict_proba(X), plain.predict_proba(X), atol=1e-4)
 
 
-@pytest.mark.parametrize("flag", [["--patience", "0"], ["--dropout", "1"], ["--hidden", "0"],
-                                  ["--epochs", "-1"]])
+@pytest.mark.parametrize("flag", [["--patience", "0"], ["--dropout", "0.5"], ["--hidden", "0"],
+                                  ["--epochs", "-1"], ["--l2", "-1"]])
 def test_mlp_flags_that_cannot_train_are_refused_in_one_line(flag, tmp_path):
     from tests.helpers import run_cli
 

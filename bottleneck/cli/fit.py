@@ -6,6 +6,8 @@ runs, so `--help` stays light); these are the argument parsers.
 
 from __future__ import annotations
 
+import argparse
+
 from bottleneck.cli.common import add_cache_args, options_from_args
 from features.errors import UserError
 from features.heads.kinds import DEFAULT_FIT_KINDS, KINDS, ROUTES, SCALINGS
@@ -57,7 +59,10 @@ def _common(p, out_default: str, scaling: str = "standard"):
 def _mlp_args(p):
     """The MLP's flags; unset ones take features/heads/mlp.py's MLPSettings defaults."""
     p.add_argument("--hidden", type=int, default=None, help="MLP hidden units (default 256)")
-    p.add_argument("--dropout", type=float, default=None, help="MLP dropout (default 0.5)")
+    p.add_argument("--l2", type=float, default=None,
+                   help="MLP L2 penalty: + L2 x sum of squared kernel weights on the mean batch "
+                        "loss (default 1e-4)")
+    p.add_argument("--dropout", type=float, default=None, help=argparse.SUPPRESS)   # refused
     p.add_argument("--epochs", type=int, default=None,
                    help="maximum MLP epochs; early stopping on the val split (default 200)")
     p.add_argument("--patience", type=int, default=None,
@@ -65,15 +70,19 @@ def _mlp_args(p):
 
 
 def _check_mlp_args(args) -> None:
-    """The MLP's flags, refused before any work when they cannot train (dropout 1 keeps no
-    unit; a patience below 1 stops at the first epoch)."""
+    """The MLP's flags, refused before any work when they cannot train (a patience below 1 stops
+    at the first epoch); --dropout is gone with the numpy trainer (MLPClassifier has none)."""
     for name in ("hidden", "epochs", "patience"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UserError(f"--{name} {value}: give a whole number of at least 1")
-    dropout = getattr(args, "dropout", None)
-    if dropout is not None and not 0 <= dropout < 1:
-        raise UserError(f"--dropout {dropout}: give a fraction in [0, 1), e.g. 0.5")
+    if getattr(args, "dropout", None) is not None:
+        raise UserError(f"--dropout {args.dropout:g}: the MLP head trains with scikit-learn's "
+                        "MLPClassifier, which has no dropout; regularise it with --l2 "
+                        "(default 1e-4), or drop the flag")
+    l2 = getattr(args, "l2", None)
+    if l2 is not None and not l2 >= 0:
+        raise UserError(f"--l2 {l2}: give a penalty of at least 0, e.g. 1e-4")
 
 
 def options(args):
@@ -84,7 +93,7 @@ def options(args):
         raise UserError("--cv must be at least 2")
     _check_mlp_args(args)
     mlp = {key: getattr(args, name) for name, key in (
-        ("hidden", "hidden"), ("dropout", "dropout"), ("epochs", "max_epochs"),
+        ("hidden", "hidden"), ("l2", "l2"), ("epochs", "max_epochs"),
         ("patience", "patience")) if getattr(args, name, None) is not None}
     return options_from_args(
         FitOptions, args, class_weight=None if args.class_weight == "none" else args.class_weight,
@@ -127,12 +136,12 @@ def run_logistic(args, say):
 
 # ---- fit-mlp
 def add_mlp_parser(sub):
-    p = sub.add_parser("fit-mlp", help="fit a small dense head (Dense-ReLU-Dropout-softmax)",
-                       description="Train Dense(256, relu) -> Dropout -> softmax on the cached "
-                                   "features in numpy (Adam), early stopping on the cache's val "
-                                   "split; scored by k-fold CV on train and once on test. The "
-                                   "weights are stored as numpy arrays (transplantable by "
-                                   "finetune).")
+    p = sub.add_parser("fit-mlp", help="fit a small dense head (Dense-ReLU-softmax)",
+                       description="Train Dense(256, relu) -> softmax on the cached features with "
+                                   "scikit-learn's MLPClassifier (Adam, L2), early stopping on "
+                                   "the cache's val split; scored by k-fold CV on train and once "
+                                   "on test. The weights are stored as numpy arrays "
+                                   "(transplantable by finetune).")
     _mlp_args(p)
     return _common(p, "mlp.joblib")
 

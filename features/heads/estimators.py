@@ -5,7 +5,8 @@ Probabilities are DEFINED as:
 * logistic: softmax of the logits (its own probabilities);
 * linear SVM and SGD: softmax(temperature * decision_function), the temperature fitted by log-loss
   on cross-validated (SVM) or held-out (SGD) decision values (binary: logits [0, z]);
-* MLP: Dense(hidden, relu) -> Dropout -> Dense(softmax), trained in numpy (features/heads/mlp.py);
+* MLP: Dense(hidden, relu) -> Dense(softmax), trained by scikit-learn's MLPClassifier
+  (features/heads/mlp.py) and stored as numpy arrays;
 * kernel SVM: softmax(temperature * one-vs-rest decision function), like the linear SVM (not
   expressible as layers).
 
@@ -378,12 +379,13 @@ class TemperedSGD(SoftmaxLinearMixin, ClassifierMixin, BaseEstimator):
 
 
 class NumpyMLP(ClassifierMixin, BaseEstimator):
-    """Dense(hidden, relu) -> Dropout -> Dense(n_classes, softmax), trained in numpy
+    """Dense(hidden, relu) -> Dense(n_classes, softmax), trained by scikit-learn's MLPClassifier
     (features/heads/mlp.py: Adam, L2, early stopping on a validation set, seeded) and stored as
-    numpy arrays, so neither training nor loading needs TensorFlow.
-    `weights_` = [W1, b1, W2, b2]."""
+    numpy arrays, so neither training nor loading needs TensorFlow, and predicted in numpy.
+    `weights_` = [W1, b1, W2, b2]. `dropout` must be 0 (MLPClassifier has none); heads fitted
+    with dropout by the numpy trainer of earlier versions still load and predict."""
 
-    def __init__(self, hidden=256, dropout=0.5, learning_rate=5e-3, l2=1e-4, batch_size=256,
+    def __init__(self, hidden=256, dropout=0.0, learning_rate=5e-3, l2=1e-4, batch_size=256,
                  max_epochs=200, patience=3, class_weight=None, random_state=0):
         self.hidden = hidden
         self.dropout = dropout

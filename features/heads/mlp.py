@@ -1,9 +1,12 @@
-"""Training of the MLP head in numpy: Dense(relu) -> Dropout -> Dense(softmax), Adam, L2 on the
-kernels, early stopping on validation loss with the best epoch's weights kept.
+"""Training of the MLP head: scikit-learn's MLPClassifier (Dense(relu) -> softmax, Adam, L2, Glorot
+init), one epoch per `partial_fit`, early stopping on the loss of a given validation set (the
+cache's val split) with the best epoch's weights kept.
 
-The same model Keras would train (Glorot-uniform kernels, zero biases, Keras's Adam and L2
-conventions), without importing TensorFlow: `fit` stays a few-second, CPU-only stage, and a
-float32 numpy loop on one core per fold beats a framework's per-step overhead at this size.
+MLPClassifier's own early stopping holds out a fraction of the training rows and watches their
+accuracy; the head needs the cache's val split instead (and whole images held out when rows are
+augmented views, which NumpyMLP picks), so the epochs are driven here. The result is plain numpy
+arrays: prediction and the transplant onto the network need neither scikit-learn's model nor
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import numpy as np
 @dataclass(frozen=True)
 class MLPSettings:
     hidden: int = 256
-    dropout: float = 0.5
+    dropout: float = 0.0          # MLPClassifier has no dropout: 0 is the only value it trains
     learning_rate: float = 5e-3
-    l2: float = 1e-4
+    l2: float = 1e-4              # Keras's convention: + l2 * sum(W^2) on the mean batch loss
     batch_size: int = 256
     max_epochs: int = 200
     patience: int = 3
@@ -26,13 +29,13 @@ class MLPSettings:
 
 @dataclass
 class MLPResult:
-    weights: list          # [W1, b1, W2, b2], float32
+    weights: list          # [W1, b1, W2, b2], float32; binary problems as two logits [0, z]
     n_epochs: int
     best_epoch: int
 
 
 def forward(weights, X) -> np.ndarray:
-    """Logits of X (no dropout)."""
+    """Logits of X."""
     w1, b1, w2, b2 = weights
     return np.maximum(X @ w1 + b1, 0.0) @ w2 + b2
 
@@ -42,80 +45,56 @@ def _log_softmax(z):
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _glorot(rng, fan_in: int, fan_out: int) -> np.ndarray:
-    limit = np.sqrt(6.0 / (fan_in + fan_out))
-    return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
-
-
-class _Adam:
-    """Keras's Adam (epsilon 1e-7) on a list of float32 arrays, updated in place without
-    temporaries (the update of the first layer's kernel is half the cost of a step)."""
-
-    def __init__(self, params, learning_rate: float):
-        self.params, self.lr, self.t = params, learning_rate, 0
-        self.m = [np.zeros_like(p) for p in params]
-        self.v = [np.zeros_like(p) for p in params]
-        self.buffers = [np.empty_like(p) for p in params]
-
-    def step(self, grads) -> None:
-        self.t += 1
-        rate = np.float32(self.lr * np.sqrt(1 - 0.999**self.t) / (1 - 0.9**self.t))
-        for p, g, m, v, buf in zip(self.params, grads, self.m, self.v, self.buffers):
-            np.multiply(g, np.float32(0.1), out=buf)
-            m *= np.float32(0.9)
-            m += buf
-            np.multiply(g, g, out=buf)
-            buf *= np.float32(0.001)
-            v *= np.float32(0.999)
-            v += buf
-            np.sqrt(v, out=buf)
-            buf += np.float32(1e-7)
-            np.divide(m, buf, out=buf)
-            buf *= rate
-            p -= buf
-
-
-def _gradients(params, xb, onehot, weight, keep, settings: MLPSettings, rng):
-    """Gradients of the weighted mean cross-entropy + L2 for one batch, with inverted dropout."""
-    w1, b1, w2, b2 = params
-    pre = xb @ w1 + b1
-    mask = (rng.random(pre.shape, dtype=np.float32) < keep) * np.float32(1.0 / keep)
-    hidden = np.maximum(pre, 0.0) * mask
-    proba = np.exp(_log_softmax(hidden @ w2 + b2))
-    g_out = (proba - onehot) * (weight / weight.sum())[:, None]
-    g_hidden = (g_out @ w2.T) * mask * (pre > 0)
-    l2 = np.float32(2 * settings.l2)
-    return [xb.T @ g_hidden + l2 * w1, g_hidden.sum(axis=0), hidden.T @ g_out + l2 * w2,
-            g_out.sum(axis=0)]
-
-
 def _val_loss(params, X_val, yv_index) -> float:
     log_p = _log_softmax(forward(params, X_val))
     return float(-np.mean(log_p[np.arange(len(yv_index)), yv_index]))
 
 
+def classifier(settings: MLPSettings, n_rows: int, seed: int):
+    """The MLPClassifier of `settings`. Its L2 term is alpha / (2 n_batch) * sum(W^2) on the mean
+    batch loss, so alpha = 2 * l2 * batch keeps Keras's `l2` meaning. A RandomState instance (not
+    the int seed, which each partial_fit would re-seed) gives every epoch its own shuffle."""
+    from sklearn.neural_network import MLPClassifier
+
+    batch = int(min(settings.batch_size, n_rows))
+    return MLPClassifier((settings.hidden,), alpha=2.0 * settings.l2 * batch, batch_size=batch,
+                         learning_rate_init=settings.learning_rate, epsilon=1e-7,
+                         random_state=np.random.RandomState(seed))
+
+
+def weights_of(model, n_classes: int) -> list:
+    """[W1, b1, W2, b2] (float32 copies: the model's own arrays change in place as it trains) of
+    a fitted MLPClassifier whose softmax(forward) equals its predict_proba: a binary model's one
+    logistic output z becomes the logits [0, z]."""
+    (w1, w2), (b1, b2) = model.coefs_, model.intercepts_
+    if n_classes == 2 and w2.shape[1] == 1:
+        w2 = np.hstack([np.zeros_like(w2), w2])
+        b2 = np.concatenate([np.zeros_like(b2), b2])
+    return [np.array(a, np.float32) for a in (w1, b1, w2, b2)]
+
+
 def train_mlp(X, y_index, X_val, yv_index, n_classes: int, settings: MLPSettings,
               class_weight=None, seed: int = 0) -> MLPResult:
-    """Adam on shuffled mini-batches; stops when the val loss has not improved for `patience`
+    """One MLPClassifier epoch at a time; stops when the val loss has not improved for `patience`
     epochs and returns the weights of the best epoch. `class_weight`: per-class weights or None."""
-    rng = np.random.default_rng(seed)
+    from features.errors import UserError
+
+    if settings.dropout:
+        raise UserError(f"MLP dropout {settings.dropout:g}: the MLP head trains with scikit-learn's "
+                        "MLPClassifier, which has no dropout (an MLP head fitted with dropout by "
+                        "an earlier version predicts as before, but cannot be refitted): fit a "
+                        "new one with `python cli.py fit-mlp`, regularised by --l2")
     X, X_val = np.asarray(X, np.float32), np.asarray(X_val, np.float32)
-    params = [_glorot(rng, X.shape[1], settings.hidden), np.zeros(settings.hidden, np.float32),
-              _glorot(rng, settings.hidden, n_classes), np.zeros(n_classes, np.float32)]
-    adam = _Adam(params, settings.learning_rate)
-    onehot = np.eye(n_classes, dtype=np.float32)[y_index]
-    row_weight = (np.ones(len(X), np.float32) if class_weight is None
-                  else np.asarray(class_weight, np.float32)[y_index])
-    best, best_epoch, best_params, epoch = np.inf, 0, [p.copy() for p in params], 0
+    model = classifier(settings, len(X), seed)
+    row_weight = None if class_weight is None else np.asarray(class_weight, np.float64)[y_index]
+    classes = np.arange(n_classes)
+    best, best_epoch, best_params, epoch = np.inf, 0, None, 0
     for epoch in range(1, settings.max_epochs + 1):
-        order = rng.permutation(len(X))
-        for start in range(0, len(X), settings.batch_size):
-            rows = np.sort(order[start:start + settings.batch_size])
-            adam.step(_gradients(params, X[rows], onehot[rows], row_weight[rows],
-                                 1.0 - settings.dropout, settings, rng))
+        model.partial_fit(X, y_index, sample_weight=row_weight, classes=classes)
+        params = weights_of(model, n_classes)
         loss = _val_loss(params, X_val, yv_index)
         if loss < best:
-            best, best_epoch, best_params = loss, epoch, [p.copy() for p in params]
+            best, best_epoch, best_params = loss, epoch, params
         elif epoch - best_epoch >= settings.patience:
             break
     return MLPResult(best_params, epoch, best_epoch)

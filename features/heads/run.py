@@ -52,7 +52,7 @@ class FitOptions:
     max_memory_mb: float | None = None
     refit_on: str = "train+val"
     top_k: int = 3
-    mlp: dict = field(default_factory=dict)   # hidden, dropout, max_epochs, patience, ...
+    mlp: dict = field(default_factory=dict)   # hidden, l2, max_epochs, patience, ...
     sgd_epochs: int = 5                         # passes of the out-of-core SGD route
     views: bool = True     # train on the cache's augmented views too (extract --views K)
     tta: bool = False      # score test images on the mean of their plain and augmented views
