@@ -120,8 +120,9 @@ def memory_plan(maps: Maps, rows: dict, opts: FinetuneOptions) -> dict:
               else 0.5 * available_memory())
     n_train, n_eval = len(rows["train"]), len(rows["val"]) + len(rows["test"])
     need = (n_train * (1 + maps.views) + n_eval) * maps.bytes_per_map
-    block = block_rows(maps, opts.batch_size)
-    block_bytes = block * (1 + maps.views) * maps.bytes_per_map * 3   # stored + float32 copy
+    per_row = (1 + maps.views) * maps.bytes_per_map * 3   # stored, plus float32 copies
+    block = max(opts.batch_size, min(block_rows(maps, opts.batch_size), int(budget // per_row)))
+    block_bytes = block * per_row
     if block_bytes > budget:
         raise UserError(f"the memory budget ({human(budget)}) cannot hold one block of "
                         f"{block} maps ({human(block_bytes)} while read; {maps.describe()}); "
@@ -131,7 +132,8 @@ def memory_plan(maps: Maps, rows: dict, opts: FinetuneOptions) -> dict:
 
 
 def block_rows(maps: Maps, batch_size: int) -> int:
-    """Rows read at once when streaming: the HDF5 chunk, at least one batch."""
+    """Rows read at once when streaming at most: the HDF5 chunk, at least one batch (fewer when
+    the memory budget says so)."""
     chunks = maps.cache.array(f"features/{maps.layer}").chunks
     return max(batch_size, int(chunks[0]) if chunks else batch_size)
 
@@ -216,8 +218,8 @@ class MapReader:
             plain, _ = self._read(block, with_views=False)
             offset = int(np.searchsorted(rows, block[0]))
             for i in range(0, len(block), batch):
-                yield (plain[i:i + batch].astype(np.float32),
-                       labels[offset + i:offset + i + batch])
+                stop = min(i + batch, len(block))
+                yield plain[i:stop].astype(np.float32), labels[offset + i:offset + stop]
 
     def _dataset(self, make):
         from features.tf import tf

@@ -65,7 +65,11 @@ class _ScaledSteps:
         self.lr_scales = {str(k): float(v) for k, v in (lr_scales or {}).items()}
 
     def update_step(self, gradient, variable, learning_rate):
-        scale = self.lr_scales.get(variable.path, 1.0)
+        # the backend may hand over its own variable: find the Keras one (and its path)
+        path = getattr(variable, "path", None)
+        if path is None:
+            path = self._trainable_variables[self._get_variable_index(variable)].path
+        scale = self.lr_scales.get(path, 1.0)
         if scale != 1.0:
             learning_rate = keras.ops.cast(learning_rate, variable.dtype) * scale
         return super().update_step(gradient, variable, learning_rate)
