@@ -95,14 +95,14 @@ def check_unfreeze(body, maps: Maps, spec: str | None) -> int:
         return first[1]
     index = layer_index(body, spec, flag="--unfreeze-from", body_is="the body up to the tap")
     if index != first[1]:
-        want = _layer_feeding(body, index)
+        want = layer_feeding(body, index)
         raise UserError(f"--unfreeze-from {spec} expects maps of {want}, but the cache holds "
                         f"{maps.layer} (which feeds {first[0]}): extract --layer {want} "
                         "--pool none, or drop --unfreeze-from")
     return index
 
 
-def _layer_feeding(body, index: int) -> str:
+def layer_feeding(body, index: int) -> str:
     """The layer whose map feeds layer `index` (padding layers skipped)."""
     for i in range(index - 1, 0, -1):
         layer = body.layers[i]
