@@ -78,6 +78,7 @@ def _final(run: dict) -> dict:
             "best_epoch": best, "best_val": val, "epochs": len(run["epochs"]),
             "curve": [[e["seconds"], e["val_accuracy"]] for e in run["epochs"]],
             "wall_s": run["_wall"], "image_check": run.get("image_check"),
+            "unfreeze_from": run.get("unfreeze_from"),
             "transplant_max_abs_prob_diff": run.get("transplant_max_abs_prob_diff")}
 
 
@@ -134,11 +135,12 @@ def main(argv=None) -> int:
     picked = [r for r in runs.values() if (r["cut"], r["lr"]) == (chosen["cut"], chosen["lr"])]
     summary["cache_route"] = _spread(picked)
     image = {}
+    unfreeze = args.image_unfreeze or chosen["unfreeze_from"]   # the same layers train
+    summary["image_unfreeze_from"] = unfreeze
     for seed in [int(s) for s in args.image_seeds.split(",") if s]:
         run = cli("finetune", "--from-head", head_file, *RECIPE, "--lr", chosen["lr"],
                   "--epochs", args.image_epochs, "--time-budget", args.image_budget, "--augment",
-                  "--seed", seed, *(["--unfreeze-from", args.image_unfreeze]
-                                    if args.image_unfreeze else []),
+                  "--seed", seed, "--unfreeze-from", unfreeze,
                   "--out", w(f"images_s{seed}.keras"))
         image[seed] = _final(run)
     summary["image_runs"] = image

@@ -11,10 +11,10 @@ import os
 import shutil
 
 import h5py
-
 import numpy as np
 import pytest
 
+from bottleneck.data.synthetic import make_image_folder
 from bottleneck.extract import ExtractOptions, run_extract
 from bottleneck.finetune.options import FinetuneOptions
 from bottleneck.finetune.source import Head
@@ -26,7 +26,6 @@ from tests.test_finetune import (
     _weak_head,
     assert_loads_with_plain_keras,
 )
-from bottleneck.data.synthetic import make_image_folder
 
 QUIET = lambda *a: None  # noqa: E731
 CUT = "conv_pw_11_relu"

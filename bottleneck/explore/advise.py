@@ -135,9 +135,8 @@ def _layers(row, alpha, best: dict | None):
     the process built before)."""
     from bottleneck.backbones.registry import build_body
     from bottleneck.backbones.stages import layer_spec, unfreeze_point
-    from features.tf import keras
-
     from bottleneck.finetune.route_choice import cut_below
+    from features.tf import keras
 
     body = build_body(row, weights=None, image_size=row.default_size, alpha=alpha)
     tap = _tap_index(body, row, best)
@@ -146,7 +145,8 @@ def _layers(row, alpha, best: dict | None):
     for blocks in (1, 2):
         point = unfreeze_point(cut, blocks)
         unfreeze[blocks] = layer_spec(cut, point[1]) if point else None
-        cuts[blocks] = cut_below(cut, point[1], len(cut.layers) - 1) if point else (None, None, "no unfreeze point")
+        cuts[blocks] = (cut_below(cut, point[1], len(cut.layers) - 1) if point
+                        else (None, None, "no unfreeze point"))
     default_layer = layer_spec(body, tap)
     return (({**best, "best_layer": default_layer} if best else None), default_layer, unfreeze,
             cuts)

@@ -31,7 +31,7 @@ class FinetuneOptions:
     lr_schedule: str = "constant"      # constant | cosine | cosine-warmup | one-cycle (per epoch)
     lr_warmup_epochs: int = 1          # cosine-warmup: epochs of linear warm-up from lr/10
     block_lr_decay: float = 1.0        # lr x decay**k for the body stage k below the top one
-    find_lr: bool = False              # run the learning-rate finder on train, write its curve, stop
+    find_lr: bool = False              # the learning-rate finder on train: its curve, then stop
     from_cache: str | None = None      # a map cache (pool none) at the cut: train the top on it
     memory_budget: float | None = None  # GB of maps held in RAM (default half the available)
     label_smoothing: float = 0.0

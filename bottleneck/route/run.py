@@ -168,7 +168,8 @@ def _maps_for_cache_route(opts: RunOptions, advice: dict, result: dict, say) -> 
                                                                ["no cut was found"]))
     reason = "; ".join(choice.get("reasons") or ["advise gave no route"])
     if not take:
-        say(f"finetune on the images ({reason if opts.finetune_route == 'auto' else '--finetune-route images'})")
+        why = reason if opts.finetune_route == "auto" else "--finetune-route images"
+        say(f"finetune on the images ({why})")
         return None
     say(f"finetune from the cache ({reason})")
     maps = os.path.join(opts.out_dir, "maps.h5")

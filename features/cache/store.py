@@ -12,7 +12,8 @@ Layout of one cache file (FORMAT_VERSION 1)::
     /skipped/paths      utf-8 (M,)    images that could not be decoded, with
     /skipped/reasons    utf-8 (M,)    why
     attrs: format_version, complete, class_names, views, backbone, alpha, weights, image_size, pool,
-           layers, layer_indices, preprocess, precision, storage, seed, test_size, val_size, data_dir,
+           layers, layer_indices, preprocess, precision, storage, seed, test_size, val_size,
+           data_dir,
            versions, created, n_images, generation, lineage (JSON list), weights_path (where a local weights file was read;
            its identity is the sha256 in 'weights')
 
@@ -267,8 +268,8 @@ class Cache:
             "created": self.attrs.get("created"),
             "generation": self._provenance.generation,
             **{k: prov[k] for k in ("backbone", "alpha", "weights", "image_size", "pool",
-                                    "layers", "preprocess", "precision", "storage", "seed", "test_size",
-                                    "val_size", "data_dir", "versions")},
+                                    "layers", "preprocess", "precision", "storage", "seed",
+                                    "test_size", "val_size", "data_dir", "versions")},
         }
 
 
