@@ -249,3 +249,28 @@ def test_schedules_and_block_scales():
     assert scales["conv_pw_13/kernel"] == 1.0 and scales["conv_pw_11/kernel"] == 0.5
     assert scales["conv1/kernel"] == 0.5 ** 4
     assert block_lr_scales(body.layers, body, 1.0) == {}
+
+
+def test_the_route_rule_says_which_route_and_why():
+    from bottleneck.finetune.route_choice import choose_route
+
+    kw = dict(n_images=4054, cut="conv_pw_11_relu", map_shape=(14, 14, 128), free_disk=2**40)
+    cache = choose_route(epochs=5, **kw)
+    assert cache.route == "cache" and cache.kb_per_image == 49.0
+    assert "194.0 MB" in cache.reasons[0]
+    assert choose_route(epochs=1, **kw).route == "images"
+    full = choose_route(epochs=5, **{**kw, "free_disk": 10 * 2**20})
+    assert full.route == "images" and "disk" in full.reasons[0]
+    none = choose_route(epochs=5, **{**kw, "cut": None}, why_no_cut="a residual crosses x")
+    assert none.route == "images" and "residual" in none.reasons[0]
+
+
+def test_a_cut_across_a_residual_is_found_and_named():
+    from bottleneck.finetune.route_choice import cut_below
+
+    body = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                          input_shape=(32, 32, 3))
+    names = [layer.name for layer in body.layers]
+    assert cut_below(body, names.index("block_6_expand"), len(names) - 1)[0] == "block_5_add"
+    cut, shape, why = cut_below(body, names.index("block_5_add"), len(names) - 1)
+    assert cut is None and "residual" in why
