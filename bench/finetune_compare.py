@@ -164,6 +164,16 @@ def _spread(runs: list[dict]) -> dict:
             "extract_s": runs[0].get("extract_s"), "tests": tests}
 
 
+def replot(summary_path: str) -> str:
+    """Redraw compare.png from a summary_compare.json (python -c 'from bench.finetune_compare
+    import replot; replot(PATH)')."""
+    with open(summary_path) as handle:
+        summary = json.load(handle)
+    out = summary_path.replace("summary_compare.json", "compare.png")
+    plot(summary, out)
+    return out
+
+
 def plot(summary: dict, path: str) -> None:
     """Left: val accuracy per epoch against cumulative training seconds, every run. Right: test
     accuracy against training seconds (filled: training only; open: with the maps' extraction),
@@ -174,8 +184,9 @@ def plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    series = [("cache " + r["cut"] + f" lr {r['lr']:.0e} s{r['seed']}", r, "C0")
-              for r in summary["cache_runs"].values()]
+    cuts = sorted({r["cut"] for r in summary["cache_runs"].values()})
+    series = [("cache " + r["cut"] + f" lr {r['lr']:.0e} s{r['seed']}", r,
+               f"C{cuts.index(r['cut'])}") for r in summary["cache_runs"].values()]
     series += [(f"images s{s}", r, "C3") for s, r in (summary.get("image_runs") or {}).items()]
     for label, run, colour in series:
         t, xs, ys = 0.0, [], []

@@ -89,8 +89,8 @@ def test_cache_route_trains_the_top_and_saves_the_whole_network(caches, tmp_path
     from bottleneck.finetune.run import run_finetune
 
     head = _head(caches)
-    result = run_finetune(_opts(caches, tmp_path, from_cache=caches["maps32"]), say=QUIET,
-                          head=head)
+    result = run_finetune(_opts(caches, tmp_path, from_cache=caches["maps32"], epochs=1),
+                          say=QUIET, head=head)
     assert result["route"] == "cache" and result["cut"] == CUT
     assert result["transplant_agreement"] == 1.0
     assert result["transplant_max_abs_prob_diff"] < 1e-4
@@ -216,22 +216,39 @@ def test_a_memory_budget_below_one_block_and_a_full_disk_are_refused(caches, tmp
     assert not os.path.exists(tmp_path / "big.h5.partial")
 
 
-def test_find_lr_writes_the_curve_and_suggests(caches, tmp_path):
-    from bottleneck.finetune.lr_find import suggest
-    from bottleneck.finetune.run import run_finetune
+def test_find_lr_grows_the_lr_restores_the_weights_and_suggests(tmp_path):
+    from bottleneck.finetune.lr_find import find_lr, suggest
+    from features.tf import tf
 
-    result = run_finetune(_opts(caches, tmp_path, name="f.keras", find_lr=True), say=QUIET,
-                          head=_head(caches))
-    found = result["lr_find"]
-    assert os.path.isfile(found["plot"]) and found["steps"] >= 3
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).normal(size=(256, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 1)
+    before = [w.copy() for w in model.get_weights()]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    found = find_lr(model, data, 40, str(tmp_path), QUIET)
+    assert os.path.isfile(found["plot"]) and os.path.isfile(tmp_path / "lr_find.json")
     assert found["lr"] == sorted(found["lr"]) and found["lr"][0] == pytest.approx(1e-7)
-    assert not os.path.exists(tmp_path / "f.keras")   # nothing trained or saved
+    assert 3 <= found["steps"] <= 40
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)   # nothing trained
     # the rule itself: minimum / 10, steepest descent before the minimum
     lr = list(np.logspace(-6, 0, 13))
     loss = [2.0, 2.0, 1.99, 1.9, 1.6, 1.0, 0.6, 0.5, 0.55, 0.9, 2, 4, 9]
     got = suggest({"lr": lr, "loss": loss})
     assert got["min_over_10"] == pytest.approx(lr[7] / 10)
     assert lr[3] <= got["steepest"] <= lr[6]
+
+
+def test_cli_takes_the_cache_route_flags(caches, tmp_path):
+    from bottleneck.cli import main
+
+    out = str(tmp_path / "f.keras")
+    assert main(["finetune", "--features", caches["head"], "--from-head", "x.joblib",
+                 "--find-lr", "--from-cache", caches["maps16"], "--out", out,
+                 "--json"]) == 2   # no such head: refused in one line, as any other run
+    assert not os.path.exists(out)
 
 
 def test_schedules_and_block_scales():
