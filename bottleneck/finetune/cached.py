@@ -109,7 +109,10 @@ class Parts:
     def whole(self):
         """image -> bottom -> top: the network saved as the model (shares the top's weights)."""
         image = keras.Input(self.bottom.inputs[0].shape[1:], name="image", dtype="float32")
-        whole = keras.Model(image, self.top(self.bottom(image)), name="finetune")
+        # the top's layers in an uncompiled model: a compiled one would carry its loss (ours,
+        # with label smoothing) into the file, which plain Keras could not load
+        top = keras.Model(self.top.inputs[0], self.top.outputs[0], name="top")
+        whole = keras.Model(image, top(self.bottom(image)), name="finetune")
         attach_meta(whole, self.meta)
         return whole
 
