@@ -41,8 +41,9 @@ def advise(opts: AdviseOptions, say=print) -> dict:
     best, default_layer, unfreeze, cuts = _layers(row, alpha, sweep or probe)
     advice = recommend(stats, sweep=best, default_layer=default_layer,
                        default_size=row.default_size, min_size=row.min_size, unfreeze=unfreeze)
+    # the stage-3 route, also when fine-tuning is not advised (`run --finetune yes` uses it)
+    advice["finetune_route"] = _finetune_route(advice, stats, cuts, row.default_size)
     if advice["finetune"]:
-        advice["finetune_route"] = _finetune_route(advice, stats, cuts, row.default_size)
         advice["reasons"].extend(advice["finetune_route"]["reasons"])
     swept = (sweep or {}).get("image_size")
     if swept and int(swept) != advice["image_size"]:
@@ -159,7 +160,7 @@ def _finetune_route(advice: dict, stats: dict, cuts: dict, default_size: int,
     from bottleneck.finetune.route_choice import choose_route
     from features.cache.sizing import free_bytes
 
-    name, shape, why = cuts.get(advice["unfreeze_blocks"]) or (None, None, "no cut")
+    name, shape, why = cuts.get(advice["unfreeze_blocks"] or 1) or (None, None, "no cut")
     if shape is not None:
         ratio = advice["image_size"] / default_size
         shape = (max(1, round(shape[0] * ratio)), max(1, round(shape[1] * ratio)), shape[2])

@@ -293,6 +293,9 @@ def _score_test(opts, source: Source, maps: Maps, data, result: dict, say) -> di
     say(f"image check on {image_check['n']} test images: the saved network on the images "
         f"against its top on the cached maps, agreement {100 * image_check['agreement']:.2f}%, "
         f"max |prob diff| {image_check['max_abs_prob_diff']:.2e}")
+    if image_check["agreement"] < 0.995:
+        say("  WARNING: the saved network does not reproduce its top on the maps: were the maps "
+            "taken from these images with these weights (float16 out of range?)")
     scores = write_report(opts.paths.report, y, probs, source.class_names, extra={
         k: result[k] for k in ("route", "head_kind", "transplant_agreement", "best_epoch",
                                "selected", "averaged", "initial", "model", "cut")},

@@ -176,7 +176,9 @@ def _maps_for_cache_route(opts: RunOptions, advice: dict, result: dict, say) -> 
     result["maps"] = run_extract(ExtractOptions(
         data=opts.data, backbone=opts.backbone, alpha=opts.alpha, weights=opts.weights,
         image_size=opts.image_size or advice["image_size"], layers=(choice["cut"],),
-        pool="none", storage="float16", out=maps, seed=opts.seed, progress=False), say=say)
+        pool="none", out=maps, seed=opts.seed, progress=False,
+        # random-init activations have no set scale (they can shrink below float16's range)
+        storage="float32" if opts.weights == "none" else "float16"), say=say)
     return maps
 
 
