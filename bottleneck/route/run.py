@@ -159,8 +159,16 @@ def _maps_for_cache_route(opts: RunOptions, advice: dict, result: dict, say) -> 
     float16, no views: `run` trains without augmentation) and return their path; None for the
     image route. The choice and its reason are said in one line."""
     from bottleneck.extract import ExtractOptions, run_extract
+    from bottleneck.finetune.route_choice import choose_route
+    from features.cache.sizing import free_bytes
 
     choice = advice.get("finetune_route") or {}
+    if choice.get("cut"):   # advise assumed run's default epochs: decide on the real ones
+        choice = choose_route(epochs=opts.epochs, n_images=advice["stats"]["n_images"],
+                              cut=choice["cut"], map_shape=choice["map_shape"],
+                              free_disk=free_bytes(os.path.join(opts.out_dir, "maps.h5")),
+                              storage="float32" if opts.weights == "none" else "float16"
+                              ).to_json()
     take = opts.finetune_route == "cache" or (opts.finetune_route == "auto"
                                               and choice.get("route") == "cache")
     if opts.finetune_route == "cache" and not choice.get("cut"):
