@@ -163,9 +163,12 @@ def _maps_for_cache_route(opts: RunOptions, advice: dict, result: dict, say) -> 
     from features.cache.sizing import free_bytes
 
     choice = advice.get("finetune_route") or {}
-    if choice.get("cut"):   # advise assumed run's default epochs: decide on the real ones
+    if choice.get("cut"):   # advise assumed run's default epochs and its size: use the real ones
+        ratio = (opts.image_size or advice["image_size"]) / advice["image_size"]
+        h, w, c = choice["map_shape"]
+        shape = (max(1, round(h * ratio)), max(1, round(w * ratio)), c)
         choice = choose_route(epochs=opts.epochs, n_images=advice["stats"]["n_images"],
-                              cut=choice["cut"], map_shape=choice["map_shape"],
+                              cut=choice["cut"], map_shape=shape,
                               free_disk=free_bytes(os.path.join(opts.out_dir, "maps.h5")),
                               storage="float32" if opts.weights == "none" else "float16"
                               ).to_json()
