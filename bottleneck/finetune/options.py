@@ -112,6 +112,9 @@ def _problems(o: FinetuneOptions):
     if o.from_cache and o.head_init != "head":
         yield ("--from-cache trains the layers above the cached maps from a transplanted head: "
                "pass --from-head, not --head-init random")
+    if o.from_cache and o.augment:
+        yield ("--augment does not reach cached maps: with --from-cache the cache's views "
+               "(extract --views K) are the augmentation; drop --augment")
     if o.from_cache and o.warmup_epochs:
         yield "--from-cache has no warm-up phase (the head is transplanted): drop --warmup-epochs"
     if o.check_samples < 0:
