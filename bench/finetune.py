@@ -20,6 +20,9 @@ second figure, the extraction as well); the classic route must train to it (inf:
 budget). The ratio is classic / transplant.
 
 Absent ../shared assets: prints a note and exits 0.
+
+`--compare` runs the other bench of this stage, full images against the cache route
+(`finetune --from-cache`): see bench/finetune_compare.py for its flags.
 """
 
 from __future__ import annotations
@@ -61,6 +64,12 @@ def time_to(history, target, key="val_accuracy"):
 
 
 def main():
+    if "--compare" in sys.argv:   # full images against the cache route (bench/finetune_compare.py)
+        try:
+            from bench.finetune_compare import main as compare
+        except ImportError:
+            from finetune_compare import main as compare
+        return compare(sys.argv[1:])
     ap = argparse.ArgumentParser()
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--budget", type=float, default=120, help="training seconds per route")

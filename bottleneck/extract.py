@@ -35,9 +35,10 @@ from features.atomic import check_writable
 from features.cache.grow import Growth, growth_from_json, merge_order, merged_rows, plan_growth
 from features.cache.journal import Journal, plan_shards
 from features.cache.provenance import CONTENT_KEYS, Provenance
+from features.cache.sizing import CachePlan, LayerSize, free_bytes, human
 from features.cache.split import SPLIT_NAMES, folder_split, split_counts
 from features.cache.split_record import SplitFlags, SplitSource, resolve_split_source
-from features.cache.store import Cache, write_cache
+from features.cache.store import STORAGES, Cache, write_cache
 from features.cache.versions import library_versions
 from features.errors import UserError
 
@@ -63,6 +64,7 @@ class ExtractOptions:
     out: str | None = None
     overwrite: bool = False
     precision: str = "float32"
+    storage: str = "float32"        # how features are stored: float32, or float16 (half the disk)
     views: int = 0                  # augmented views per image, stored beside the plain view
     progress: bool = True
     devices: str | None = None      # 'all' (the default: every GPU, else the CPU) or a count
@@ -90,6 +92,8 @@ class ExtractOptions:
             raise UserError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.address and self.engine != "ray":
             raise UserError("--address is the Ray cluster to use: add --engine ray")
+        if self.storage not in STORAGES:
+            raise UserError(f"--storage {self.storage!r}: choose one of {', '.join(STORAGES)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision {self.precision!r}: choose one of "
                             f"{', '.join(PRECISIONS)}")
@@ -109,6 +113,13 @@ class ExtractionPlan:
     weights: str | None             # what build_body loaded: None, 'imagenet' or a file path
     devices: list[Device]           # one worker each (local engine)
     split_source: SplitSource | None = None   # None in a pre-split tree (its folders decide)
+
+    def sizes(self) -> CachePlan:
+        """Bytes per image per layer (plain view; x (1 + views) per image), and in all."""
+        layers = tuple(LayerSize(name.split("/", 1)[1], tuple(int(d) for d in shape),
+                                 self.opts.storage)
+                       for name, shape in self.datasets.items() if name.startswith("features/"))
+        return CachePlan(layers, len(self.folder.paths), self.opts.views)
 
     def settings(self) -> BatchSettings:
         """What a worker needs to compute batches (picklable)."""
@@ -154,7 +165,8 @@ def plan_extraction(opts: ExtractOptions, say=print) -> ExtractionPlan:
         data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
         image_size=image_size, pool=opts.pool, layers=tuple(names),
         layer_indices=tuple(i for _, i in taps), preprocess=row.preprocess,
-        precision=opts.precision, seed=opts.seed, class_names=tuple(folder.class_names),
+        precision=opts.precision, storage=opts.storage, seed=opts.seed,
+        class_names=tuple(folder.class_names),
         test_size=0.0 if presplit else opts.test_size, val_size=0.0 if presplit else opts.val_size,
         views=opts.views, versions=library_versions(),
         weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None,
@@ -268,11 +280,46 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
         if os.path.exists(plan.out) and not opts.overwrite:
             return _update(plan, journal, say, on_batch, started)
         # with --overwrite the old cache stays in place until the new one replaces it, complete
+        check_disk(plan)
         _open_journal(plan, journal, say)
         done = journal.done()
         counts = _compute(plan, journal, say=say, on_batch=on_batch)
         return _assemble(plan, journal, resumed=done > 0, computed=counts.computed,
                          steady=counts.steady, seconds=time.time() - started)
+
+
+def check_disk(plan: ExtractionPlan) -> None:
+    """Refuse, before any work, a cache whose journal and final file would not fit the disk."""
+    sizes, free = plan.sizes(), free_bytes(plan.out)
+    if sizes.disk_bytes > free:
+        per = ", ".join(f"{r['layer']} {r['kb_per_image']} KB" for r in sizes.rows())
+        raise UserError(f"{plan.out}: this cache needs {human(sizes.disk_bytes)} of disk while "
+                        f"it is written ({human(sizes.total_bytes)} in the end: {per} per image "
+                        f"and view, x{1 + sizes.views} views, {sizes.n_images} images) and "
+                        f"{human(free)} is free; use --storage float16, fewer --views, a "
+                        "pooled --pool or another --out")
+
+
+def plan_summary(plan: ExtractionPlan) -> dict:
+    """What `extract --plan` prints: the sizes of the cache the flags would write; no work."""
+    sizes = plan.sizes()
+    return {"plan": True, "path": plan.out, "n_images": sizes.n_images, "views": sizes.views,
+            "storage": plan.opts.storage, "layers": sizes.rows(),
+            "kb_per_image": round(sizes.bytes_per_image / 1024, 1),
+            "mb_total": round(sizes.total_bytes / 2**20, 1),
+            "disk_needed_mb": round(sizes.disk_bytes / 2**20, 1),
+            "disk_free_mb": round(free_bytes(plan.out) / 2**20, 1)}
+
+
+def say_plan(summary: dict, say) -> None:
+    say(f"plan for {summary['path']}: {summary['n_images']} images x {1 + summary['views']} "
+        f"view(s), stored as {summary['storage']}")
+    for row in summary["layers"]:
+        say(f"  {row['layer']:<24} {'x'.join(map(str, row['shape'])):>14}  "
+            f"{row['kb_per_image']:>9.1f} KB per image and view  {row['mb_total']:>10.1f} MB")
+    say(f"  in all {summary['mb_total']:.1f} MB ({summary['kb_per_image']:.1f} KB per image); "
+        f"{summary['disk_needed_mb']:.1f} MB of disk while it is written, "
+        f"{summary['disk_free_mb']:.1f} MB free")
 
 
 def _update(plan: ExtractionPlan, journal: Journal, say, on_batch, started: float) -> dict:

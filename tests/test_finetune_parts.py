@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 
+from bottleneck.data.augment import AugmentOptions
 from bottleneck.finetune.options import CheckpointPaths, FinetuneOptions
 from bottleneck.finetune.training import (
     LOG_FIELDS,
@@ -35,7 +36,11 @@ from features.tf import keras, tf
     ({"average_last": 3, "epochs": 2}, "--average-last 3"), ({"patience": 0}, "--patience 0"),
     ({"time_budget": 0}, "--time-budget 0"), ({"class_weight": "inverse"}, "inverse"),
     ({"warmup_lr": 0.0}, "--warmup-lr 0.0"), ({"lr": -1.0}, "--lr -1.0"),
-    ({"check_samples": -1}, "--check-samples -1")])
+    ({"check_samples": -1}, "--check-samples -1"), ({"block_lr_decay": 0.0}, "--block-lr-decay"),
+    ({"memory_budget": -1.0}, "--memory-budget"), ({"lr_warmup_epochs": -1}, "--lr-warmup"),
+    ({"from_cache": "m.h5", "head_init": "random"}, "--from-head"),
+    ({"from_cache": "m.h5", "warmup_epochs": 1}, "--warmup-epochs"),
+    ({"from_cache": "m.h5", "augment": AugmentOptions()}, "--augment")])
 def test_options_refuse_bad_values_when_built(kwargs, flag):
     with pytest.raises(UserError, match=flag.replace("(", r"\(").replace("'", "'")):
         FinetuneOptions(**kwargs)

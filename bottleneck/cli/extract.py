@@ -33,7 +33,16 @@ def add_parser(sub):
                    seed_help="seed of the stratified split (default 0)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="compute precision: bfloat16 on AVX-512 CPUs or float16 on GPUs is faster; "
-                        "features are stored as float32 (default float32)")
+                        "see --storage for how features are stored (default float32)")
+    p.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                   help="how features are stored: float16 halves the file (about 3 significant "
+                        "digits, recorded in the cache; readers get float32). Per image and view: "
+                        "a pooled 256-d feature is 1 KB in float32; a whole map H x W x C is "
+                        "4*H*W*C bytes (14x14x256: 200 KB; 28x28x64: 200 KB) or half that in "
+                        "float16; `--plan` prints the table for your flags (default float32)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the size per image per layer, the total and the free disk for "
+                        "these flags, and stop (nothing is computed or written)")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also store K augmented views per image (random resized crop, flip, small "
                         "rotation, colour jitter; seeded by --seed) so heads can train on "
@@ -81,11 +90,22 @@ def add_split_args(p, *, test_help: str, val_help: str, seed_help: str):
 
 
 def run(args, say):
-    from bottleneck.extract import ExtractOptions, run_extract, say_summary
+    from bottleneck.extract import (
+        ExtractOptions,
+        plan_extraction,
+        plan_summary,
+        run_extract,
+        say_plan,
+        say_summary,
+    )
 
-    result = run_extract(options_from_args(ExtractOptions, args, data=data_folder(args.data, say),
-                                           layers=tuple(args.layers), progress=not args.json),
-                         say=say)
+    opts = options_from_args(ExtractOptions, args, data=data_folder(args.data, say),
+                             layers=tuple(args.layers), progress=not args.json)
+    if args.plan:
+        summary = plan_summary(plan_extraction(opts, say))
+        say_plan(summary, say)
+        return summary
+    result = run_extract(opts, say=say)
     if not result.get("already_complete"):
         say_summary(result, say)
     return result

@@ -40,6 +40,18 @@ def _source_arguments(src):
                      help="image folder (default: the cache's data_dir)")
     src.add_argument("--weights", metavar="PATH",
                      help="local weights file, if not at the path recorded in the cache")
+    src.add_argument("--from-cache", metavar="MAPS.h5",
+                     help="the cache route: a cache of the body's whole map at the cut (`extract "
+                          "--layer CUT --pool none [--views K] [--storage float16]`, same images, "
+                          "backbone, weights and size as the head's); only the layers above CUT "
+                          "and the head train, on the maps, the K views as augmentation; the "
+                          "saved model is still the whole network. Size per image: H*W*C*4 bytes "
+                          "(float32) or *2 (float16) per view, e.g. MobileNet 0.25 at 224 px: "
+                          "conv_pw_5_relu 28x28x64 98 KB, conv_pw_11_relu 14x14x128 49 KB in "
+                          "float16; `extract --plan` prints it for any layer")
+    src.add_argument("--memory-budget", type=float, default=None, metavar="GB",
+                     help="with --from-cache: maps held in RAM up to this size, else streamed "
+                          "from the file a block at a time (default half the available memory)")
 
 
 def _training_arguments(tr):
@@ -56,8 +68,20 @@ def _training_arguments(tr):
                          "for mobilenet)")
     tr.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
     tr.add_argument("--lr-schedule", choices=SCHEDULES, default="constant",
-                    help="constant (default) or cosine: --lr decays along half a cosine to "
-                         "--lr/100 over the fine-tune epochs (steadier late epochs)")
+                    help="constant (default); cosine: --lr decays along half a cosine to "
+                         "--lr/100 over the fine-tune epochs; cosine-warmup: --lr-warmup-epochs "
+                         "rising from --lr/10 first; one-cycle: up from --lr/25 over 30 %% of the "
+                         "epochs, then a cosine down to --lr/1e4 (all set per epoch)")
+    tr.add_argument("--lr-warmup-epochs", type=int, default=1, metavar="N",
+                    help="warm-up epochs of --lr-schedule cosine-warmup (default 1)")
+    tr.add_argument("--block-lr-decay", type=float, default=1.0, metavar="D",
+                    help="discriminative learning rates: the head and the top stage of the body "
+                         "train at --lr, each stage below at D times the one above (default 1: "
+                         "one rate)")
+    tr.add_argument("--find-lr", action="store_true",
+                    help="run the learning-rate finder on the train split (lr from 1e-7 up, "
+                         "until the loss diverges), write lr_find.png/json into the report with "
+                         "a suggested --lr, and stop without training")
     tr.add_argument("--label-smoothing", type=float, default=0.0, metavar="S",
                     help="train on targets of 1-S on the true class plus S/n_classes on each "
                          "(default 0: off; 0.1 is usual)")

@@ -21,6 +21,11 @@ def add_parser(sub):
                    help="sweep the backbone's stages first and let the probe choose the layer")
     p.add_argument("--finetune", choices=("auto", "yes", "no"), default="auto",
                    help="fine-tune when advise says so (auto), always, or never (default auto)")
+    p.add_argument("--finetune-route", choices=("auto", "cache", "images"), default="auto",
+                   help="auto (default): as advise says (the cache route when the maps at the "
+                        "cut are reused and fit the disk); cache: extract the body's map at the "
+                        "cut and train the layers above it on the maps (`finetune "
+                        "--from-cache`); images: train on the images")
     p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default 5)")
     p.add_argument("--heads", default=None, help="head kinds for `fit` (default: fit's own)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, CV and training")

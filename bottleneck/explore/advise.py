@@ -38,9 +38,13 @@ def advise(opts: AdviseOptions, say=print) -> dict:
         raise UserError(f"--sweep was made with {sweep.get('backbone')}, not {opts.backbone}: "
                         "drop --backbone, or sweep that backbone first")
     alpha = row.resolve_alpha(opts.alpha if opts.alpha is not None else source.get("alpha"))
-    best, default_layer, unfreeze = _layers(row, alpha, sweep or probe)
+    best, default_layer, unfreeze, cuts = _layers(row, alpha, sweep or probe)
     advice = recommend(stats, sweep=best, default_layer=default_layer,
                        default_size=row.default_size, min_size=row.min_size, unfreeze=unfreeze)
+    # the stage-3 route, also when fine-tuning is not advised (`run --finetune yes` uses it)
+    advice["finetune_route"] = _finetune_route(advice, stats, cuts, row.default_size)
+    if advice["finetune"]:
+        advice["reasons"].extend(advice["finetune_route"]["reasons"])
     swept = (sweep or {}).get("image_size")
     if swept and int(swept) != advice["image_size"]:
         advice["reasons"].append(f"the sweep ran at {swept} px, not {advice['image_size']}: the "
@@ -132,17 +136,37 @@ def _layers(row, alpha, best: dict | None):
     the process built before)."""
     from bottleneck.backbones.registry import build_body
     from bottleneck.backbones.stages import layer_spec, unfreeze_point
+    from bottleneck.finetune.route_choice import cut_below
     from features.tf import keras
 
     body = build_body(row, weights=None, image_size=row.default_size, alpha=alpha)
     tap = _tap_index(body, row, best)
     cut = keras.Model(body.inputs, body.layers[tap].output)
-    unfreeze = {}
+    unfreeze, cuts = {}, {}
     for blocks in (1, 2):
         point = unfreeze_point(cut, blocks)
         unfreeze[blocks] = layer_spec(cut, point[1]) if point else None
+        cuts[blocks] = (cut_below(cut, point[1], len(cut.layers) - 1) if point
+                        else (None, None, "no unfreeze point"))
     default_layer = layer_spec(body, tap)
-    return ({**best, "best_layer": default_layer} if best else None), default_layer, unfreeze
+    return (({**best, "best_layer": default_layer} if best else None), default_layer, unfreeze,
+            cuts)
+
+
+def _finetune_route(advice: dict, stats: dict, cuts: dict, default_size: int,
+                    epochs: int = 5) -> dict:
+    """The stage-3 route (bottleneck/finetune/route_choice.py) for `run`'s default epochs: the
+    map at the cut scaled from the backbone's default size to the advised one."""
+    from bottleneck.finetune.route_choice import choose_route
+    from features.cache.sizing import free_bytes
+
+    name, shape, why = cuts.get(advice["unfreeze_blocks"] or 1) or (None, None, "no cut")
+    if shape is not None:
+        ratio = advice["image_size"] / default_size
+        shape = (max(1, round(shape[0] * ratio)), max(1, round(shape[1] * ratio)), shape[2])
+    return choose_route(epochs=epochs, n_images=int(stats["n_images"]), cut=name,
+                        map_shape=shape, free_disk=free_bytes("features/x.h5"),
+                        why_no_cut=why).to_json()
 
 
 def _tap_index(body, row, best: dict | None) -> int:

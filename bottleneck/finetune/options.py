@@ -12,7 +12,7 @@ from bottleneck.data.augment import AugmentOptions
 from features.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "cosine-warmup", "one-cycle")
 HEAD_INITS = ("head", "random")
 
 
@@ -28,7 +28,12 @@ class FinetuneOptions:
     warmup_lr: float | None = None     # default 10 x lr
     unfreeze_from: str | None = None   # layer name or index in the body; default: the top block
     lr: float = 1e-4
-    lr_schedule: str = "constant"      # "constant" | "cosine" (decay over the fine-tune epochs)
+    lr_schedule: str = "constant"      # constant | cosine | cosine-warmup | one-cycle (per epoch)
+    lr_warmup_epochs: int = 1          # cosine-warmup: epochs of linear warm-up from lr/10
+    block_lr_decay: float = 1.0        # lr x decay**k for the body stage k below the top one
+    find_lr: bool = False              # the learning-rate finder on train: its curve, then stop
+    from_cache: str | None = None      # a map cache (pool none) at the cut: train the top on it
+    memory_budget: float | None = None  # GB of maps held in RAM (default half the available)
     label_smoothing: float = 0.0
     optimizer: str = "sgd"
     batch_size: int = 32
@@ -98,6 +103,20 @@ def _problems(o: FinetuneOptions):
         yield f"--time-budget {o.time_budget}: must be a positive number of seconds"
     if o.average_last < 0 or o.average_last > o.epochs:
         yield f"--average-last {o.average_last}: pick 0 (off) to --epochs ({o.epochs})"
+    if not 0 < o.block_lr_decay <= 1:
+        yield f"--block-lr-decay {o.block_lr_decay}: must be in (0, 1] (1: one lr for all)"
+    if o.lr_warmup_epochs < 0:
+        yield f"--lr-warmup-epochs {o.lr_warmup_epochs}: must be 0 or more"
+    if o.memory_budget is not None and not o.memory_budget > 0:
+        yield f"--memory-budget {o.memory_budget}: must be a positive number of GB"
+    if o.from_cache and o.head_init != "head":
+        yield ("--from-cache trains the layers above the cached maps from a transplanted head: "
+               "pass --from-head, not --head-init random")
+    if o.from_cache and o.augment:
+        yield ("--augment does not reach cached maps: with --from-cache the cache's views "
+               "(extract --views K) are the augmentation; drop --augment")
+    if o.from_cache and o.warmup_epochs:
+        yield "--from-cache has no warm-up phase (the head is transplanted): drop --warmup-epochs"
     if o.check_samples < 0:
         yield f"--check-samples {o.check_samples}: must be 0 or more"
 

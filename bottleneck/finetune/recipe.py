@@ -55,21 +55,98 @@ def set_trainable(network, unfreeze: int | None) -> dict:
             "trainable_params": int(sum(np.prod(v.shape) for v in network.trainable_weights))}
 
 
-def make_optimizer(name: str, lr: float):
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.9)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    raise UserError(choice_problem("--optimizer", name, OPTIMIZERS))
+class _ScaledSteps:
+    """Discriminative learning rates: each variable's step uses lr x its scale (`lr_scales`,
+    keyed by variable path, e.g. 'conv_dw_6/depthwise_kernel'; 1 when absent). Scaling the
+    gradient instead would do nothing for Adam, which normalises it away."""
+
+    def __init__(self, *args, lr_scales=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lr_scales = {str(k): float(v) for k, v in (lr_scales or {}).items()}
+
+    def update_step(self, gradient, variable, learning_rate):
+        # the backend may hand over its own variable: find the Keras one (and its path)
+        path = getattr(variable, "path", None)
+        if path is None:
+            path = self._trainable_variables[self._get_variable_index(variable)].path
+        scale = self.lr_scales.get(path, 1.0)
+        if scale != 1.0:
+            learning_rate = keras.ops.cast(learning_rate, variable.dtype) * scale
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "lr_scales": self.lr_scales}
 
 
-def schedule_lr(base: float, schedule: str, step: int, steps: int) -> float:
-    """Learning rate of fine-tune epoch `step` (0-based) of `steps`: constant, or half a cosine
-    from `base` down to base/100 at the last epoch (fewer noisy late epochs, a settled end)."""
+@keras.saving.register_keras_serializable(package="bottleneck")
+class BlockAdam(_ScaledSteps, keras.optimizers.Adam):
+    """Adam with a learning-rate scale per variable (--block-lr-decay)."""
+
+
+@keras.saving.register_keras_serializable(package="bottleneck")
+class BlockSGD(_ScaledSteps, keras.optimizers.SGD):
+    """SGD (momentum 0.9) with a learning-rate scale per variable (--block-lr-decay)."""
+
+
+def make_optimizer(name: str, lr: float, lr_scales: dict | None = None):
+    """The optimizer; with `lr_scales` (discriminative rates) its per-variable subclass."""
+    if name not in OPTIMIZERS:
+        raise UserError(choice_problem("--optimizer", name, OPTIMIZERS))
+    kwargs = {"momentum": 0.9} if name == "sgd" else {}
+    if lr_scales:
+        cls = BlockSGD if name == "sgd" else BlockAdam
+        return cls(learning_rate=lr, lr_scales=lr_scales, **kwargs)
+    cls = keras.optimizers.SGD if name == "sgd" else keras.optimizers.Adam
+    return cls(learning_rate=lr, **kwargs)
+
+
+def block_lr_scales(layers, body, decay: float) -> dict[str, float]:
+    """{variable path: decay**k} for the weights of `layers` that are layers of `body` (by
+    name), k the number of stages between the layer's stage and the body's top stage (0 for the
+    top stage, whose scale is 1, like the head's). Empty when decay is 1."""
+    from bottleneck.backbones.stages import blocks
+
+    if decay >= 1:
+        return {}
+    found = blocks(body)
+    names = {layer.name: i for i, layer in enumerate(body.layers)}
+    scales = {}
+    for layer in layers:
+        index = names.get(layer.name)
+        if index is None:
+            continue
+        stage = next((k for k, (first, last) in enumerate(found) if first <= index <= last),
+                     len(found) - 1)
+        for variable in layer.weights:
+            scales[variable.path] = float(decay ** (len(found) - 1 - stage))
+    return scales
+
+
+def schedule_lr(base: float, schedule: str, step: int, steps: int, warmup: int = 1) -> float:
+    """Learning rate of fine-tune epoch `step` (0-based) of `steps`, set per epoch:
+    constant; cosine: half a cosine from `base` down to base/100 at the last epoch (fewer noisy
+    late epochs, a settled end); cosine-warmup: `warmup` epochs rising linearly from base/10,
+    then that cosine over the rest; one-cycle: rising from base/25 to base over the first 30 %
+    of the epochs, then down along a cosine to base/1e4 (Smith's one-cycle, per epoch)."""
     refuse(choice_problem("--lr-schedule", schedule, SCHEDULES))
     if schedule == "constant" or steps <= 1:
         return base
-    floor = base / 100
+    if schedule == "cosine-warmup":
+        warmup = min(max(0, warmup), steps - 1)
+        if step < warmup:
+            return base / 10 + (base - base / 10) * step / warmup
+        return schedule_lr(base, "cosine", step - warmup, steps - warmup)
+    if schedule == "one-cycle":
+        peak = max(1, int(round(0.3 * steps)))
+        if step < peak:
+            return base / 25 + (base - base / 25) * step / peak
+        return _cosine(base, base / 1e4, step - peak, steps - peak)
+    return _cosine(base, base / 100, step, steps)
+
+
+def _cosine(base: float, floor: float, step: int, steps: int) -> float:
+    if steps <= 1:
+        return base
     return floor + (base - floor) * 0.5 * (1 + np.cos(np.pi * step / (steps - 1)))
 
 
@@ -98,9 +175,10 @@ def make_loss(label_smoothing: float):
             else "sparse_categorical_crossentropy")
 
 
-def compile_network(network, optimizer: str, lr: float, label_smoothing: float = 0.0):
-    network.compile(optimizer=make_optimizer(optimizer, lr), loss=make_loss(label_smoothing),
-                    metrics=["accuracy"])
+def compile_network(network, optimizer: str, lr: float, label_smoothing: float = 0.0,
+                    lr_scales: dict | None = None):
+    network.compile(optimizer=make_optimizer(optimizer, lr, lr_scales),
+                    loss=make_loss(label_smoothing), metrics=["accuracy"])
 
 
 def balanced_class_weight(labels) -> dict[int, float]:

@@ -19,6 +19,7 @@ import numpy as np
 from bottleneck.finetune.options import FinetuneOptions
 from bottleneck.finetune.recipe import (
     balanced_class_weight,
+    block_lr_scales,
     compile_network,
     set_trainable,
     unfreeze_index,
@@ -59,6 +60,10 @@ def run_finetune(opts: FinetuneOptions, say=print, head: Head | None = None) -> 
         keras.utils.set_random_seed(opts.seed)
         source = open_source(opts, say, head)
         try:
+            if opts.from_cache:
+                from bottleneck.finetune.cached import run_from_cache
+
+                return run_from_cache(opts, source, say, started)
             return _train_and_report(opts, source, say, started)
         finally:
             source.cache.close()
@@ -68,14 +73,17 @@ def _train_and_report(opts: FinetuneOptions, source: Source, say, started: float
     network, state = _network(opts, source, say)
     body = taps_model(network)
     unfreeze = unfreeze_index(body, opts.unfreeze_from)
+    scales = block_lr_scales(body.layers, body, opts.block_lr_decay)
     check = _check_transplant(network, opts, source, say) if state is None else None
     data = _datasets(opts, source)
     opts.paths.make_folders()
+    if opts.find_lr:
+        return _find_lr(network, opts, data, unfreeze, scales, say)
     if state is None:
-        state = _start(network, opts, source, data, unfreeze, check, say)
+        state = _start(network, opts, source, data, unfreeze, check, say, scales)
     callbacks = callbacks_for(opts, state, say)
     stopped = Trainer(network, opts, data, state, callbacks, say,
-                      unfreeze=(unfreeze, body.layers[unfreeze].name)).fit()
+                      unfreeze=(unfreeze, body.layers[unfreeze].name), lr_scales=scales).fit()
     averaged = next((c.result for c in callbacks if isinstance(c, WeightAveraging)), None)
     result = _summary(opts, source, state, stopped, averaged, body.layers[unfreeze].name)
     result.update(_score_test(opts, source, data, result, say))
@@ -161,14 +169,26 @@ def _datasets(opts: FinetuneOptions, source: Source) -> Data:
                 if opts.class_weight == "balanced" else None)
 
 
+def _find_lr(network, opts: FinetuneOptions, data: Data, unfreeze: int, scales, say) -> dict:
+    """--find-lr: the learning-rate finder on the train split, with the layers that fine-tuning
+    trains; writes its curve into the report and stops (nothing is trained or saved)."""
+    from bottleneck.finetune.lr_find import find_lr
+
+    set_trainable(network, unfreeze)
+    compile_network(network, opts.optimizer, opts.lr, opts.label_smoothing, scales)
+    found = find_lr(network, data.train, min(100, max(20, 2 * data.steps)), opts.paths.report,
+                    say)
+    return {"route": opts.head_init, "lr_find": found, "report": opts.paths.report}
+
+
 def _start(network, opts: FinetuneOptions, source: Source, data: Data, unfreeze: int,
-           check: dict | None, say) -> TrainState:
+           check: dict | None, say, scales: dict | None = None) -> TrainState:
     """Compile for the first phase; score the transplanted network, which is epoch 0: training
     must beat it on val to replace it as the saved model."""
     warmup_lr = opts.warmup_lr or 10 * opts.lr
     set_trainable(network, None if opts.warmup else unfreeze)
     compile_network(network, opts.optimizer, warmup_lr if opts.warmup else opts.lr,
-                    opts.label_smoothing)
+                    opts.label_smoothing, None if opts.warmup else scales)
     initial = {}
     if opts.head_init == "head":
         for name, dataset in (("val", data.val), ("test", data.test)):

@@ -76,11 +76,20 @@ class Trainer:
     """Epochs from `state.epoch` to `opts.epochs` on `network`, unfreezing after the warm-up."""
 
     def __init__(self, network, opts: FinetuneOptions, data: Data, state: TrainState,
-                 callbacks: list[Callback], say, unfreeze: tuple[int, str] = (0, "")):
+                 callbacks: list[Callback], say, unfreeze: tuple[int, str] = (0, ""),
+                 export=None, lr_scales: dict | None = None):
         self.network, self.opts, self.data, self.state = network, opts, data, state
         self.callbacks, self.say = callbacks, say
         self.unfreeze, self.unfreeze_name = unfreeze   # (index in the body, layer name)
         self.improved = False
+        # what is saved as the model: the inference network; on the cache route, the whole
+        # network (frozen bottom + the trained top) around the top that trains
+        self._export = export
+        self.lr_scales = lr_scales
+
+    def export(self):
+        """The network to save as the best (or averaged) model, sharing the trained weights."""
+        return self._export() if self._export is not None else inference_model(self.network)
 
     def fit(self) -> str | None:
         """Train to the last epoch or until a callback stops it; returns why it stopped early."""
@@ -103,13 +112,15 @@ class Trainer:
         phase = "warmup" if epoch < warmup else "finetune"
         if self.state.phase is not None and phase != self.state.phase:
             trainable = set_trainable(self.network, self.unfreeze)
-            compile_network(self.network, opts.optimizer, opts.lr, opts.label_smoothing)
+            compile_network(self.network, opts.optimizer, opts.lr, opts.label_smoothing,
+                            self.lr_scales)
             self.say(f"unfroze the body from layer #{self.unfreeze} {self.unfreeze_name}: "
                      f"{trainable['trainable_params']:,} trainable parameters")
         self.state.phase = phase
         if phase == "finetune":
             self.network.optimizer.learning_rate.assign(
-                schedule_lr(opts.lr, opts.lr_schedule, epoch - warmup, opts.epochs - warmup))
+                schedule_lr(opts.lr, opts.lr_schedule, epoch - warmup, opts.epochs - warmup,
+                            opts.lr_warmup_epochs))
         return phase
 
     def _epoch(self, epoch: int) -> dict:
@@ -190,7 +201,7 @@ class BestCheckpoint(Callback):
         trainer.improved = state.best_score is None or tuple(score) > tuple(state.best_score)
         if trainer.improved:
             state.best_score, state.best_epoch, state.stale = list(score), row["epoch"], 0
-            save_network(inference_model(trainer.network), self.paths.best)
+            save_network(trainer.export(), self.paths.best)
         else:
             state.stale += 1
 
@@ -268,7 +279,7 @@ class WeightAveraging(Callback):
         if trainer.data.val is not None:
             loss, accuracy = evaluate(trainer.network, trainer.data.val)
             self.result.update(val_accuracy=accuracy, val_loss=loss)
-        save_network(inference_model(trainer.network), trainer.opts.paths.best)
+        save_network(trainer.export(), trainer.opts.paths.best)
         self.say(f"averaged the weights of epochs {self.epochs[0]}-{self.epochs[-1]}"
                  + (f": val_acc {self.result['val_accuracy']:.4f}"
                     if trainer.data.val is not None else "")

@@ -28,6 +28,7 @@ class RunOptions:
     out_dir: str = "run"
     sweep: bool = False
     finetune: str = "auto"          # auto (as advised) | yes | no
+    finetune_route: str = "auto"    # auto (as advised) | cache (maps at the cut) | images
     epochs: int = 5
     heads: str | None = None        # fit's head kinds, comma-separated (default: fit's own)
     seed: int = 0
@@ -35,6 +36,9 @@ class RunOptions:
     def __post_init__(self):
         if self.finetune not in ("auto", "yes", "no"):
             raise UserError(f"--finetune {self.finetune!r}: choose auto, yes or no")
+        if self.finetune_route not in ("auto", "cache", "images"):
+            raise UserError(f"--finetune-route {self.finetune_route!r}: choose auto, cache or "
+                            "images")
 
 
 def run_route(opts: RunOptions, say=print) -> dict:
@@ -137,15 +141,56 @@ def _finetune(opts: RunOptions, advice: dict, fitted: dict, result: dict, stages
         raise UserError("the best head is a kernel SVM and no transplantable head was fit; "
                         "pass --heads with a linear kind, or --finetune no")
     report = os.path.join(opts.out_dir, "finetune_report")
+    maps = _maps_for_cache_route(opts, advice, result, say)
     tuned = run_finetune(FinetuneOptions(
         from_head=head, epochs=opts.epochs, out=os.path.join(opts.out_dir, "finetuned.keras"),
-        report=report, seed=opts.seed, unfreeze_from=advice.get("unfreeze_from"),
-        class_weight=advice["class_weight"], **FINETUNE_RECIPE), say=say)
+        report=report, seed=opts.seed, unfreeze_from=None if maps else advice.get("unfreeze_from"),
+        class_weight=advice["class_weight"], from_cache=maps, **FINETUNE_RECIPE), say=say)
     result["finetune"] = tuned
-    stages.append({"name": "finetune", "seconds": round(time.time() - started, 1),
+    stages.append({"name": "finetune" + (" (from the cache)" if maps else ""),
+                   "seconds": round(time.time() - started, 1),
                    "report_dir": report,
                    "plots": [("training curves", os.path.join(report, "training_curves.png"))],
                    "note": f"from {os.path.basename(head)}; best epoch {tuned['best_epoch']}"})
+
+
+def _maps_for_cache_route(opts: RunOptions, advice: dict, result: dict, say) -> str | None:
+    """The cache route when advised (or forced): extract the maps at the cut (pool none,
+    float16, no views: `run` trains without augmentation) and return their path; None for the
+    image route. The choice and its reason are said in one line."""
+    from bottleneck.extract import ExtractOptions, run_extract
+    from bottleneck.finetune.route_choice import choose_route
+    from features.cache.sizing import free_bytes
+
+    choice = advice.get("finetune_route") or {}
+    if choice.get("cut"):   # advise assumed run's default epochs and its size: use the real ones
+        ratio = (opts.image_size or advice["image_size"]) / advice["image_size"]
+        h, w, c = choice["map_shape"]
+        shape = (max(1, round(h * ratio)), max(1, round(w * ratio)), c)
+        choice = choose_route(epochs=opts.epochs, n_images=advice["stats"]["n_images"],
+                              cut=choice["cut"], map_shape=shape,
+                              free_disk=free_bytes(os.path.join(opts.out_dir, "maps.h5")),
+                              storage="float32" if opts.weights == "none" else "float16"
+                              ).to_json()
+    take = opts.finetune_route == "cache" or (opts.finetune_route == "auto"
+                                              and choice.get("route") == "cache")
+    if opts.finetune_route == "cache" and not choice.get("cut"):
+        raise UserError("--finetune-route cache: " + "; ".join(choice.get("reasons") or
+                                                               ["no cut was found"]))
+    reason = "; ".join(choice.get("reasons") or ["advise gave no route"])
+    if not take:
+        why = reason if opts.finetune_route == "auto" else "--finetune-route images"
+        say(f"finetune on the images ({why})")
+        return None
+    say(f"finetune from the cache ({reason})")
+    maps = os.path.join(opts.out_dir, "maps.h5")
+    result["maps"] = run_extract(ExtractOptions(
+        data=opts.data, backbone=opts.backbone, alpha=opts.alpha, weights=opts.weights,
+        image_size=opts.image_size or advice["image_size"], layers=(choice["cut"],),
+        pool="none", out=maps, seed=opts.seed, progress=False,
+        # random-init activations have no set scale (they can shrink below float16's range)
+        storage="float32" if opts.weights == "none" else "float16"), say=say)
+    return maps
 
 
 @dataclass(frozen=True)

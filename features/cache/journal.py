@@ -133,7 +133,11 @@ class Journal:
 
         `arrays` holds one array per dataset of the plan, in the plan's order."""
         path = os.path.join(self.dir, f"upto_{stop:010d}.npz")
-        arrays = {f"f{i}": np.asarray(f, dtype=np.float32) for i, f in enumerate(arrays)}
+        dtype = ((self.plan or {}).get("provenance") or {}).get("storage") or "float32"
+        arrays = {f"f{i}": np.asarray(f, dtype=dtype) for i, f in enumerate(arrays)}
+        if dtype == "float16" and not all(np.isfinite(a).all() for a in arrays.values()):
+            raise UserError(f"features of the batch up to image {stop} overflow float16 (beyond "
+                            "+/-65504): extract them with --storage float32")
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:   # no fsync: a killed process
             np.savez(handle, index=np.asarray(index, dtype=np.int64),   # loses nothing the OS holds
                      skipped_index=np.asarray(skipped_index, dtype=np.int64),

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 # What determines a cache's contents: two extractions with equal values write equal files.
 CONTENT_KEYS = ("data_dir", "backbone", "alpha", "weights", "image_size", "pool", "layers",
                 "layer_indices", "preprocess", "precision", "seed", "test_size", "val_size",
-                "views")
+                "views", "storage")
 # What a head (or network) and the features it is applied to must share. "taps" means: the other
 # side computes every layer this side reads (its feature_layers, else its layers).
 COMPATIBLE_KEYS = ("backbone", "alpha", "weights", "image_size", "pool", "taps", "preprocess",
@@ -35,7 +35,9 @@ class Provenance:
     layers: tuple[str, ...]               # the tapped layers, in cache order
     layer_indices: tuple[int, ...]        # their indices in the backbone's body
     preprocess: str                       # keras.applications module of preprocess_input
-    precision: str = "float32"
+    precision: str = "float32"             # compute precision of the forward pass
+    storage: str = "float32"               # how the arrays are stored: float32, or float16
+    #                                        (about 3 significant digits; half the bytes)
     class_names: tuple[str, ...] = ()
     data_dir: str = ""
     seed: int = 0

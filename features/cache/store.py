@@ -3,6 +3,7 @@
 Layout of one cache file (FORMAT_VERSION 1)::
 
     /features/<layer>   float32 (N, D) pooled, or (N, H, W, C) with pool 'none'; chunked by rows
+                        (float16 when attrs['storage'] is 'float16': readers still return float32)
     /views/<layer>      float32 (N, K, ...) K augmented views per image (only with views > 0;
                         axis 1 is the view index; the plain view is /features/<layer>)
     /labels             int32 (N,)    index into attrs['class_names']
@@ -11,7 +12,8 @@ Layout of one cache file (FORMAT_VERSION 1)::
     /skipped/paths      utf-8 (M,)    images that could not be decoded, with
     /skipped/reasons    utf-8 (M,)    why
     attrs: format_version, complete, class_names, views, backbone, alpha, weights, image_size, pool,
-           layers, layer_indices, preprocess, precision, seed, test_size, val_size, data_dir,
+           layers, layer_indices, preprocess, precision, storage, seed, test_size, val_size,
+           data_dir,
            versions, created, n_images, generation, lineage (JSON list), weights_path (where a local weights file was read;
            its identity is the sha256 in 'weights')
 
@@ -44,9 +46,12 @@ _JSON_ATTRS = ("class_names", "layers", "layer_indices", "versions", "lineage")
 _NOT_STORED = ("cache_path", "layer", "feature_layers", "head_options")  # a head's, or the path
 
 
-def _chunk_rows(row_shape) -> int:
+STORAGES = ("float32", "float16")      # how feature arrays are stored (extract --storage)
+
+
+def _chunk_rows(row_shape, itemsize: int = 4) -> int:
     """Rows per chunk so that one chunk is about 1 MiB: large enough to stream, small to slice."""
-    row_bytes = 4 * int(np.prod(row_shape)) or 4
+    row_bytes = itemsize * int(np.prod(row_shape)) or itemsize
     return int(max(1, min(4096, (1 << 20) // row_bytes)))
 
 
@@ -62,12 +67,12 @@ def write_cache(path: str, provenance: Provenance, *, paths, labels, split, shar
     provenance = replace(provenance, data_id=data_identity(paths, labels, split))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_group("features")
-        dsets = {}
+        dsets, dtype = {}, np.dtype(provenance.storage or "float32")
         for name, shape in datasets.items():
             shape = tuple(int(s) for s in shape)
             dsets[name] = f.create_dataset(
-                name, shape=(n, *shape), dtype="float32",
-                chunks=(max(1, min(n, _chunk_rows(shape))), *shape) if n else None)
+                name, shape=(n, *shape), dtype=dtype,
+                chunks=(max(1, min(n, _chunk_rows(shape, dtype.itemsize))), *shape) if n else None)
         f.create_dataset("labels", data=np.asarray(labels, dtype=np.int32))
         f.create_dataset("paths", data=np.asarray(list(paths), dtype=object), dtype=STR)
         codes = f.create_dataset("split", data=np.asarray(split, dtype=np.uint8))
@@ -145,6 +150,18 @@ class Cache:
     def skipped(self) -> list[tuple[str, str]]:
         group = self._file["skipped"]
         return [(_text(p), _text(r)) for p, r in zip(group["paths"][:], group["reasons"][:])]
+
+    @property
+    def storage(self) -> str:
+        """How the arrays are stored on disk: 'float32', or 'float16' (readers return float32)."""
+        return self._provenance.storage or "float32"
+
+    def array(self, name: str) -> h5py.Dataset:
+        """The stored HDF5 array 'features/<layer>' or 'views/<layer>' itself, for streaming
+        readers that convert batch by batch (its dtype is the cache's storage)."""
+        if name not in self._file:
+            raise UserError(f"{self.path} holds no {name!r}")
+        return self._file[name]
 
     @property
     def n_views(self) -> int:
@@ -251,8 +268,8 @@ class Cache:
             "created": self.attrs.get("created"),
             "generation": self._provenance.generation,
             **{k: prov[k] for k in ("backbone", "alpha", "weights", "image_size", "pool",
-                                    "layers", "preprocess", "precision", "seed", "test_size",
-                                    "val_size", "data_dir", "versions")},
+                                    "layers", "preprocess", "precision", "storage", "seed",
+                                    "test_size", "val_size", "data_dir", "versions")},
         }
 
 
@@ -311,8 +328,10 @@ def _take(dset, rows: np.ndarray) -> np.ndarray:
     selection is slow), a selection otherwise."""
     first, last = int(rows[0]), int(rows[-1]) + 1
     if last - first <= 2 * len(rows):
-        return dset[first:last][rows - first]
-    return dset[rows]
+        out = dset[first:last][rows - first]
+    else:
+        out = dset[rows]
+    return out.astype(np.float32, copy=False)   # float16 storage is read back as float32
 
 
 def _text(value) -> str:
