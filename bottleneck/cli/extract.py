@@ -31,9 +31,12 @@ def add_parser(sub):
     add_split_args(p, val_help="fraction used for early stopping by fit-mlp/finetune (default 0.1)",
                    test_help="fraction of images held out for the final test score (default 0.2)",
                    seed_help="seed of the stratified split (default 0)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="compute precision: bfloat16 on AVX-512 CPUs or float16 on GPUs is faster; "
-                        "features are stored as float32 (default float32)")
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="compute precision of the forward pass: 'auto' (default) measures float32 "
+                        "against bfloat16 (float16 on a GPU) on this machine with a short probe "
+                        "and uses the reduced precision only where it measured faster, saying "
+                        "which it picked; a cache being grown or resumed keeps its own. Features "
+                        "are stored as float32 either way")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also store K augmented views per image (random resized crop, flip, small "
                         "rotation, colour jitter; seeded by --seed) so heads can train on "
