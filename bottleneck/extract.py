@@ -171,17 +171,25 @@ def plan_extraction(opts: ExtractOptions, say=print, phases: Phases | None = Non
     if opts.views:
         datasets.update({f"views/{n}": [opts.views, *o.shape[1:]]
                          for n, o in zip(names, model.outputs)})
-    provenance = Provenance(
+    provenance = _provenance(opts, folder, row, weights, alpha, image_size, taps, choice.used,
+                             source)
+    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices,
+                          source, choice, phases)
+
+
+def _provenance(opts: ExtractOptions, folder: ImageFolder, row, weights, alpha, image_size: int,
+                taps, precision: str, source: SplitSource | None) -> Provenance:
+    """The cache's record of how its features were made (a pre-split tree: no fractions)."""
+    presplit = folder.split is not None
+    return Provenance(
         data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
-        image_size=image_size, pool=opts.pool, layers=tuple(names),
+        image_size=image_size, pool=opts.pool, layers=tuple(name for name, _ in taps),
         layer_indices=tuple(i for _, i in taps), preprocess=row.preprocess,
-        precision=choice.used, seed=opts.seed, class_names=tuple(folder.class_names),
+        precision=precision, seed=opts.seed, class_names=tuple(folder.class_names),
         test_size=0.0 if presplit else opts.test_size, val_size=0.0 if presplit else opts.val_size,
         views=opts.views, versions=library_versions(),
         weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None,
         split_rule=source.rule if source else "folders")
-    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices,
-                          source, choice, phases)
 
 
 def _decide_precision(opts: ExtractOptions, out: str, model, build, gpus: int,
