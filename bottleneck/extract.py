@@ -623,14 +623,21 @@ def _compute(plan: ExtractionPlan, journal: Journal, *, say, on_batch=None) -> S
             run = run_workers(plan.devices, plan.settings(), todo, batch_done, say)
             counts = ShardCounts(run.computed, run.steady)
         else:
-            from bottleneck.backbones.network import compiled_forward
-
             counts = run_shards(plan.settings(), journal, compiled_forward(plan.model), todo,
                                 batch_done, say)
     finally:
         bar.close()
     _count_compute(plan.phases, counts, time.perf_counter() - started)
     return counts
+
+
+def compiled_forward(model):
+    """bottleneck/backbones/network.py's traced forward function, imported on first use (so
+    importing this module imports no TensorFlow); a name of this module, so tests can stand a
+    small device in for it."""
+    from bottleneck.backbones.network import compiled_forward as traced
+
+    return traced(model)
 
 
 def _count_compute(phases: Phases, counts: ShardCounts, seconds: float) -> None:
