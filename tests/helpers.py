@@ -25,6 +25,20 @@ def run_cli(*args, cwd=ROOT, timeout=300):
                           cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli_here(capsys, *args) -> tuple[int, str, str]:
+    """Run the command line in this process (no new Python importing TensorFlow again):
+    (exit code, stdout, stderr). For checks of what a command prints, not of start-up."""
+    from bottleneck.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:   # argparse's errors and --help exit
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def assert_close(a, b, tol=1e-4):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape, (a.shape, b.shape)

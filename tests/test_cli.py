@@ -15,7 +15,7 @@ import pytest
 
 from features.cache.store import Cache
 
-from .helpers import ROOT, run_cli
+from .helpers import ROOT, run_cli, run_cli_here
 
 BASE = ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", "none", "--image-size", "32"]
 
@@ -40,7 +40,9 @@ def test_extract_json_info_and_layers(tiny_folder, tmp_path):
     assert names["block5_pool"] == [2, 2, 512] and names["block3_conv3"] == [16, 16, 256]
 
 
-def test_errors_are_one_line_with_a_fix(tiny_folder, tmp_path):
+def test_errors_are_one_line_with_a_fix(tiny_folder, tmp_path, capsys):
+    """In this process (one TensorFlow import for all cases, not six); one-line errors of a real
+    `python cli.py` process are checked in test_grow, test_audit, test_similar and test_sweep."""
     cases = [
         (["extract", "--data", tmp_path / "missing", *BASE], "is not a folder"),
         (["extract", "--data", tiny_folder, *BASE, "--layer", "conv_pw_13_reluu"],
@@ -52,11 +54,11 @@ def test_errors_are_one_line_with_a_fix(tiny_folder, tmp_path):
         (["info", tmp_path / "nothing.h5"], "no feature cache"),
     ]
     for args, message in cases:
-        proc = run_cli(*args)
-        assert proc.returncode == 2, (args, proc.stderr)
-        lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-        assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
-        assert "Traceback" not in proc.stderr
+        code, _, err = run_cli_here(capsys, *args)
+        assert code == 2, (args, err)
+        lines = [l for l in err.strip().splitlines() if l.strip()]
+        assert len(lines) == 1 and message in lines[0], (args, err)
+        assert "Traceback" not in err
 
 
 def test_kill_9_then_rerun_resumes(tiny_folder, tmp_path):
