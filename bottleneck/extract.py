@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 
-from bottleneck.backbones.network import (
-    build_feature_model,
-    compiled_forward,
-    default_layer_specs,
-)
+from bottleneck.backbones.precision import PrecisionChoice
 from bottleneck.backbones.registry import (
     POOLS,
     PRECISIONS,
@@ -29,6 +26,7 @@ from bottleneck.backbones.registry import (
     weights_id,
 )
 from bottleneck.data.images import ImageFolder, scan_folder
+from bottleneck.phases import Phases, since_process_start
 from bottleneck.shards import BatchSettings, ShardCounts, run_shards
 from bottleneck.worker import Device, count_gpus, pick_devices, run_workers, usable_cores
 from features.atomic import check_writable
@@ -63,7 +61,7 @@ class ExtractOptions:
     seed: int = 0
     out: str | None = None
     overwrite: bool = False
-    precision: str = "float32"
+    precision: str = "auto"        # 'auto': float32 unless a probe measures another faster
     storage: str = "float32"        # how features are stored: float32, or float16 (half the disk)
     views: int = 0                  # augmented views per image, stored beside the plain view
     progress: bool = True
@@ -94,8 +92,8 @@ class ExtractOptions:
             raise UserError("--address is the Ray cluster to use: add --engine ray")
         if self.storage not in STORAGES:
             raise UserError(f"--storage {self.storage!r}: choose one of {', '.join(STORAGES)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision {self.precision!r}: choose one of "
+        if self.precision not in ("auto", *PRECISIONS):
+            raise UserError(f"--precision {self.precision!r}: choose one of auto, "
                             f"{', '.join(PRECISIONS)}")
 
 
@@ -113,6 +111,8 @@ class ExtractionPlan:
     weights: str | None             # what build_body loaded: None, 'imagenet' or a file path
     devices: list[Device]           # one worker each (local engine)
     split_source: SplitSource | None = None   # None in a pre-split tree (its folders decide)
+    precision: PrecisionChoice | None = None  # what --precision decided, and why
+    phases: Phases = field(default_factory=Phases)
 
     def sizes(self) -> CachePlan:
         """Bytes per image per layer (plain view; x (1 + views) per image), and in all."""
@@ -134,47 +134,119 @@ def default_out_path(data_dir: str, backbone: str, alpha, layers, pool, image_si
     return os.path.join("features", f"{name}_{backbone}{width}_{layer}_{pool}_{image_size}.h5")
 
 
-def plan_extraction(opts: ExtractOptions, say=print) -> ExtractionPlan:
-    """Check every input, scan the folder, split it and build the network; writes nothing."""
+def plan_extraction(opts: ExtractOptions, say=print, phases: Phases | None = None
+                    ) -> ExtractionPlan:
+    """Check every input, scan the folder, split it and build the network; writes nothing.
+    Each step's seconds are added to `phases`."""
+    phases = Phases() if phases is None else phases
+    with phases.phase("import_tensorflow"):
+        from bottleneck.backbones.network import build_feature_model, default_layer_specs
     row = get_backbone(opts.backbone)
     weights = check_weights_arg(opts.weights)
-    devices = pick_devices(opts.devices, count_gpus(), usable_cores())
+    gpus = count_gpus()
+    devices = pick_devices(opts.devices, gpus, usable_cores())
     if opts.engine == "ray":
         from bottleneck.engines.ray_engine import check_ray
 
         check_ray(opts)
     alpha = row.resolve_alpha(opts.alpha)
     image_size = opts.image_size or row.default_size
-    folder = without_excluded(scan_folder(opts.data), opts.exclude, say)
-    check_writable(opts.out or os.path.join("features", "cache.h5"))
-    presplit = folder.split is not None
-    source = _split_source(opts, folder)
-    if source is not None:
-        opts = replace(opts, seed=source.flags.seed, test_size=source.flags.test_size,
-                       val_size=source.flags.val_size)
-    split = folder.split if presplit else _split_of(folder, source, source.known)
-    model, taps = build_feature_model(row, weights=weights, image_size=image_size, alpha=alpha,
-                                      layer_specs=list(opts.layers) or default_layer_specs(row),
-                                      pool=opts.pool, precision=opts.precision, fold_bn=True)
+    with phases.phase("scan_and_split"):
+        folder = without_excluded(scan_folder(opts.data), opts.exclude, say)
+        check_writable(opts.out or os.path.join("features", "cache.h5"))
+        presplit = folder.split is not None
+        source = _split_source(opts, folder)
+        if source is not None:
+            opts = replace(opts, seed=source.flags.seed, test_size=source.flags.test_size,
+                           val_size=source.flags.val_size)
+        split = folder.split if presplit else _split_of(folder, source, source.known)
+
+    def build(precision: str, phase: str | None = "build_model"):
+        """The feature network in `precision` (its seconds under `phase`, when named)."""
+        with phases.phase(phase) if phase else nullcontext():
+            return build_feature_model(
+                row, weights=weights, image_size=image_size, alpha=alpha,
+                layer_specs=list(opts.layers) or default_layer_specs(row), pool=opts.pool,
+                precision=precision, fold_bn=True)
+
+    first = "float32" if opts.precision == "auto" else opts.precision
+    model, taps = build(first)
     names = [name for name, _ in taps]
+    out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
+    check_output_file(out, opts.overwrite)
+    with phases.phase("precision_probe"):
+        choice, model = _decide_precision(opts, out, model, lambda p: build(p, None), gpus,
+                                          image_size)
+    say(choice.sentence())
     datasets = {f"features/{n}": list(o.shape[1:]) for n, o in zip(names, model.outputs)}
     if opts.views:
         datasets.update({f"views/{n}": [opts.views, *o.shape[1:]]
                          for n, o in zip(names, model.outputs)})
-    provenance = Provenance(
+    provenance = _provenance(opts, folder, row, weights, alpha, image_size, taps, choice.used,
+                             source)
+    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices,
+                          source, choice, phases)
+
+
+def _provenance(opts: ExtractOptions, folder: ImageFolder, row, weights, alpha, image_size: int,
+                taps, precision: str, source: SplitSource | None) -> Provenance:
+    """The cache's record of how its features were made (a pre-split tree: no fractions)."""
+    presplit = folder.split is not None
+    return Provenance(
         data_dir=folder.root, backbone=row.name, alpha=alpha, weights=weights_id(weights),
-        image_size=image_size, pool=opts.pool, layers=tuple(names),
+        image_size=image_size, pool=opts.pool, layers=tuple(name for name, _ in taps),
         layer_indices=tuple(i for _, i in taps), preprocess=row.preprocess,
-        precision=opts.precision, storage=opts.storage, seed=opts.seed,
+        precision=precision, storage=opts.storage, seed=opts.seed,
         class_names=tuple(folder.class_names),
         test_size=0.0 if presplit else opts.test_size, val_size=0.0 if presplit else opts.val_size,
         views=opts.views, versions=library_versions(),
         weights_path=os.path.abspath(weights) if weights not in (None, "imagenet") else None,
         split_rule=source.rule if source else "folders")
-    out = opts.out or default_out_path(folder.root, row.name, alpha, names, opts.pool, image_size)
-    check_output_file(out, opts.overwrite)
-    return ExtractionPlan(opts, folder, split, model, provenance, datasets, out, weights, devices,
-                          source)
+
+
+def _decide_precision(opts: ExtractOptions, out: str, model, build, gpus: int,
+                      image_size: int) -> tuple[PrecisionChoice, object]:
+    """(the choice, the network in that precision). An explicit --precision is used as asked;
+    with auto, a cache or interrupted run at `out` keeps its own precision (its rows must match),
+    otherwise the probe of bottleneck/backbones/precision.py measures the candidate."""
+    from bottleneck.backbones import precision as probe
+
+    if opts.precision != "auto":
+        return PrecisionChoice(opts.precision, opts.precision, "asked"), model
+    recorded = None if opts.overwrite else _recorded_precision(out)
+    if recorded:
+        kept = model if recorded == "float32" else build(recorded)[0]
+        return PrecisionChoice("auto", recorded, "kept: the cache at --out has it"), kept
+    from bottleneck.backbones.network import compiled_forward
+
+    models = {"float32": model}
+    batch = max(1, min(opts.batch_size, 4))
+    candidate = probe.candidate_precision(gpus)
+
+    def model_seconds(precision: str) -> float:
+        if precision not in models:
+            models[precision] = build(precision)[0]
+        return probe.forward_seconds(compiled_forward(models[precision]), image_size, batch)
+
+    key = {**probe.machine_key(), "gpus": gpus, "backbone": opts.backbone,
+           "alpha": opts.alpha, "image_size": image_size, "layers": list(opts.layers),
+           "pool": opts.pool, "candidate": candidate}
+    choice = probe.remembered(key, lambda: probe.choose_precision(
+        candidate, probe.conv_kernel_seconds, model_seconds))
+    if choice.used not in models:
+        models[choice.used] = build(choice.used)[0]
+    return choice, models[choice.used]
+
+
+def _recorded_precision(out: str) -> str | None:
+    """The precision of the cache, or of the interrupted run, at `out` (None when neither)."""
+    journal = Journal(out)
+    if journal.exists:
+        return journal.load_plan()["provenance"].get("precision") or "float32"
+    if os.path.exists(out) and _is_our_cache(out):
+        with Cache(out) as cache:
+            return cache.provenance().precision or "float32"
+    return None
 
 
 def _split_source(opts: ExtractOptions, folder: ImageFolder) -> SplitSource | None:
@@ -273,19 +345,33 @@ def run_extract(opts: ExtractOptions, say=print, on_batch: Callable[[int], None]
     `on_batch(n)` is called after each journaled batch (n so far); an exception it raises
     interrupts the run exactly as Ctrl-C would, leaving a resumable journal.
     """
-    started = time.time()
-    plan = plan_extraction(opts, say)
+    started, before = time.time(), since_process_start()
+    phases = Phases()
+    if before is not None:
+        phases.add("process_start_to_run", before)   # the interpreter and the CLI's imports
+    plan = plan_extraction(opts, say, phases)
     journal = Journal(plan.out)
     with journal.lock():
         if os.path.exists(plan.out) and not opts.overwrite:
-            return _update(plan, journal, say, on_batch, started)
+            return _finish(plan, _update(plan, journal, say, on_batch, started))
         # with --overwrite the old cache stays in place until the new one replaces it, complete
         check_disk(plan)
-        _open_journal(plan, journal, say)
+        with phases.phase("journal"):
+            _open_journal(plan, journal, say)
         done = journal.done()
         counts = _compute(plan, journal, say=say, on_batch=on_batch)
-        return _assemble(plan, journal, resumed=done > 0, computed=counts.computed,
-                         steady=counts.steady, seconds=time.time() - started)
+        with phases.phase("write"):
+            result = _assemble(plan, journal, resumed=done > 0, computed=counts.computed,
+                               steady=counts.steady, seconds=time.time() - started)
+        return _finish(plan, result)
+
+
+def _finish(plan: ExtractionPlan, result: dict) -> dict:
+    """The run's summary with the precision decision and the seconds of each phase."""
+    end = since_process_start()
+    return {**result, "precision": plan.precision.to_json(),
+            "phases": plan.phases.to_json(),
+            "process_seconds": round(end, 3) if end is not None else None}
 
 
 def check_disk(plan: ExtractionPlan) -> None:
@@ -345,8 +431,9 @@ def _update(plan: ExtractionPlan, journal: Journal, say, on_batch, started: floa
         "removed; computing only the new ones")
     done = journal.done()
     counts = _compute(plan, journal, say=say, on_batch=on_batch)
-    return _assemble_update(plan, journal, resumed=done > 0, computed=counts.computed,
-                            steady=counts.steady, seconds=time.time() - started)
+    with plan.phases.phase("write"):
+        return _assemble_update(plan, journal, resumed=done > 0, computed=counts.computed,
+                                steady=counts.steady, seconds=time.time() - started)
 
 
 def _refuse_other_settings(plan: ExtractionPlan, existing: Cache) -> None:
@@ -571,20 +658,44 @@ def _compute(plan: ExtractionPlan, journal: Journal, *, say, on_batch=None) -> S
         if on_batch is not None:
             on_batch(batches[0])
 
+    started = time.perf_counter()
     try:
         if plan.opts.engine == "ray":
             from bottleneck.engines.ray_engine import run_ray
 
-            return run_ray(plan.opts, plan.settings(), todo, batch_done, say)
-        if len(plan.devices) > 1:
+            counts = run_ray(plan.opts, plan.settings(), todo, batch_done, say)
+        elif len(plan.devices) > 1:
             say(f"extracting on {len(plan.devices)} devices: "
                 + "; ".join(map(str, plan.devices)))
             run = run_workers(plan.devices, plan.settings(), todo, batch_done, say)
-            return ShardCounts(run.computed, run.steady)
-        return run_shards(plan.settings(), journal, compiled_forward(plan.model), todo,
-                          batch_done, say)
+            counts = ShardCounts(run.computed, run.steady)
+        else:
+            counts = run_shards(plan.settings(), journal, compiled_forward(plan.model), todo,
+                                batch_done, say)
     finally:
         bar.close()
+    _count_compute(plan.phases, counts, time.perf_counter() - started)
+    return counts
+
+
+def compiled_forward(model):
+    """bottleneck/backbones/network.py's traced forward function, imported on first use (so
+    importing this module imports no TensorFlow); a name of this module, so tests can stand a
+    small device in for it."""
+    from bottleneck.backbones.network import compiled_forward as traced
+
+    return traced(model)
+
+
+def _count_compute(phases: Phases, counts: ShardCounts, seconds: float) -> None:
+    """The compute's seconds as first batch (tracing, pipeline start) and steady state, where
+    the run measured when its first batch ended; otherwise as one 'compute' phase."""
+    first = getattr(counts, "first_batch_seconds", None)
+    if first is None:
+        phases.add("compute", seconds)
+        return
+    phases.add("first_batch", first)
+    phases.add("steady", seconds - first)
 
 
 def say_summary(result: dict, say) -> None:

@@ -37,6 +37,7 @@ class ShardCounts:
 
     computed: int = 0
     steady: float | None = None
+    first_batch_seconds: float | None = None   # from the start to the first journaled batch
 
 
 class BatchRunner:
@@ -65,11 +66,13 @@ class BatchRunner:
 
     def rows(self, x) -> list[np.ndarray]:
         """The forward pass over `x` in chunks of the batch size, halving it on out-of-memory."""
+        n = int(x.shape[0])
         while True:
             try:
+                if n == self.batch_size:   # the usual batch: no slice, copy or concatenation
+                    return [t.numpy() for t in self.forward(x)]
                 parts = [self.forward(self.padded(x[i:i + self.batch_size]))
-                         for i in range(0, int(x.shape[0]), self.batch_size)]
-                n = int(x.shape[0])
+                         for i in range(0, n, self.batch_size)]
                 return [np.concatenate([p[k].numpy() for p in parts])[:n]
                         for k in range(len(parts[0]))]
             except self.tf.errors.ResourceExhaustedError:
@@ -143,31 +146,55 @@ class BatchRunner:
             future.result()
 
 
-def run_shard(runner: BatchRunner, shard: Shard, on_batch: Callable[[int], None]) -> None:
-    """Compute plan items [shard.start, shard.stop) with `runner`; `on_batch(images)` after each
-    journaled batch. Batches end at the shard's end, never across it."""
+def shard_dataset(runner: BatchRunner, shard: Shard, prefetch: bool = True):
+    """The decoded batches of plan items [shard.start, shard.stop); never across its end."""
     from bottleneck.data.images import image_dataset
 
-    runner.covered = shard.start
     absolute = [os.path.join(runner.root, p) for p in runner.paths[shard.start:shard.stop]]
-    dataset = image_dataset(absolute, range(shard.start, shard.stop), runner.size,
-                            runner.settings.batch_size, views=runner.views, seed=runner.seed)
-    for index, images, *views in dataset:
+    return image_dataset(absolute, range(shard.start, shard.stop), runner.size,
+                         runner.settings.batch_size, views=runner.views, seed=runner.seed,
+                         prefetch=prefetch)
+
+
+def feed(runner: BatchRunner, shards: list[Shard], batches,
+         on_batch: Callable[[int], None]) -> None:
+    """Journal `batches` (the shards' batches in order, undecodable images missing) shard by
+    shard: a shard is closed (its trailing unreadable items recorded) before the next begins."""
+    pending = list(shards)
+    runner.covered = pending[0].start
+
+    def close_shard() -> None:
+        shard = pending.pop(0)
+        if runner.covered < shard.stop:
+            before = runner.covered
+            runner.finish([], None, None, shard.stop)
+            on_batch(shard.stop - before)
+        if pending:
+            runner.covered = pending[0].start
+
+    for index, images, *views in batches:
         index = index.numpy().tolist()
+        while index[0] >= pending[0].stop:
+            close_shard()
         before = runner.covered
         runner.finish(index, images, views[0] if views else None, index[-1] + 1)
         on_batch(runner.covered - before)
-    if runner.covered < shard.stop:
-        before = runner.covered
-        runner.finish([], None, None, shard.stop)
-        on_batch(shard.stop - before)
+    while pending:
+        close_shard()
+
+
+def run_shard(runner: BatchRunner, shard: Shard, on_batch: Callable[[int], None]) -> None:
+    """Compute plan items [shard.start, shard.stop) with `runner`; `on_batch(images)` after each
+    journaled batch. Batches end at the shard's end, never across it."""
+    feed(runner, [shard], shard_dataset(runner, shard), on_batch)
 
 
 def run_shards(settings: BatchSettings, journal: Journal, forward, shards: list[Shard],
                on_batch: Callable[[int], None], say=print) -> ShardCounts:
-    """Compute `shards` in order in this process; the steady rate is timed after the first
-    batch (tracing and warm-up done)."""
-    counts, clock = ShardCounts(), {}
+    """Compute `shards` in order in this process, from one decoding pipeline over all of them
+    (so decoding runs ahead across a shard's end instead of restarting cold at each shard); the
+    steady rate is timed after the first batch (tracing and warm-up done)."""
+    counts, clock, started = ShardCounts(), {}, time.perf_counter()
 
     def batch_done(images: int) -> None:
         if not clock:
@@ -176,11 +203,17 @@ def run_shards(settings: BatchSettings, journal: Journal, forward, shards: list[
 
     runner = BatchRunner(settings, journal, forward, shards[0].start if shards else 0, say)
     try:
-        for shard in shards:
-            run_shard(runner, shard, batch_done)
+        if shards:
+            parts = [shard_dataset(runner, shard, prefetch=False) for shard in shards]
+            batches = parts[0]
+            for part in parts[1:]:
+                batches = batches.concatenate(part)
+            feed(runner, shards, batches.prefetch(runner.tf.data.AUTOTUNE), batch_done)
     finally:
         runner.close()
     counts.computed = runner.computed
-    if clock and runner.computed > clock["n"]:
-        counts.steady = (runner.computed - clock["n"]) / (time.perf_counter() - clock["t"])
+    if clock:
+        counts.first_batch_seconds = clock["t"] - started
+        if runner.computed > clock["n"]:
+            counts.steady = (runner.computed - clock["n"]) / (time.perf_counter() - clock["t"])
     return counts

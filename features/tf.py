@@ -10,13 +10,16 @@ Python exceptions from the import still propagate.
 from __future__ import annotations
 
 import os
+import time
 
 _loaded: dict = {}
+_import_seconds: list[float] = []
 
 
 def _import_quietly() -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    started = time.perf_counter()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
@@ -31,7 +34,14 @@ def _import_quietly() -> dict:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    _import_seconds.append(time.perf_counter() - started)
     return {"keras": keras, "tf": tensorflow}
+
+
+def import_seconds() -> float:
+    """Seconds this process spent importing TensorFlow and Keras here (0.0 before, or when they
+    were imported elsewhere first): `extract --json` reports it as a phase of its start-up."""
+    return sum(_import_seconds)
 
 
 def __getattr__(name: str):

@@ -9,6 +9,10 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# extract --precision auto remembers its probe's decisions under $XDG_CACHE_HOME: never the
+# user's own store in tests (subprocesses inherit this too)
+os.environ["XDG_CACHE_HOME"] = os.path.join(
+    __import__("tempfile").mkdtemp(prefix="bottleneck-test-cache-"))
 
 from bottleneck.data.synthetic import make_image_folder  # noqa: E402
 

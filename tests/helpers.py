@@ -46,7 +46,8 @@ def assert_close(a, b, tol=1e-4):
 
 
 def extract(data, out, on_batch=None, **kw):
-    """run_extract on a tiny tree (MobileNet 0.25, random init, 32 px, quiet) unless overridden."""
+    """run_extract on a tiny tree (MobileNet 0.25, random init, 32 px, float32, quiet) unless
+    overridden."""
     from bottleneck.extract import ExtractOptions, run_extract
 
     kw.setdefault("backbone", "mobilenet")
@@ -54,6 +55,7 @@ def extract(data, out, on_batch=None, **kw):
     kw.setdefault("weights", "none")
     kw.setdefault("image_size", 32)
     kw.setdefault("progress", False)
+    kw.setdefault("precision", "float32")   # values compared to 1e-4: never the probe's choice
     return run_extract(ExtractOptions(data=data, out=str(out), **kw), say=lambda *a: None,
                        on_batch=on_batch)
 

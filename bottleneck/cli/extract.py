@@ -31,18 +31,7 @@ def add_parser(sub):
     add_split_args(p, val_help="fraction used for early stopping by fit-mlp/finetune (default 0.1)",
                    test_help="fraction of images held out for the final test score (default 0.2)",
                    seed_help="seed of the stratified split (default 0)")
-    p.add_argument("--precision", choices=PRECISIONS, default="float32",
-                   help="compute precision: bfloat16 on AVX-512 CPUs or float16 on GPUs is faster; "
-                        "see --storage for how features are stored (default float32)")
-    p.add_argument("--storage", choices=("float32", "float16"), default="float32",
-                   help="how features are stored: float16 halves the file (about 3 significant "
-                        "digits, recorded in the cache; readers get float32). Per image and view: "
-                        "a pooled 256-d feature is 1 KB in float32; a whole map H x W x C is "
-                        "4*H*W*C bytes (14x14x256: 200 KB; 28x28x64: 200 KB) or half that in "
-                        "float16; `--plan` prints the table for your flags (default float32)")
-    p.add_argument("--plan", action="store_true",
-                   help="print the size per image per layer, the total and the free disk for "
-                        "these flags, and stop (nothing is computed or written)")
+    _add_precision_and_storage(p)
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also store K augmented views per image (random resized crop, flip, small "
                         "rotation, colour jitter; seeded by --seed) so heads can train on "
@@ -120,3 +109,22 @@ def data_folder(data: str | None, say) -> str:
                         "(a class-per-folder image tree, DIR/<class>/*.jpg)")
     say(f"data: ./{DEFAULT_DATA} (no --data given)")
     return DEFAULT_DATA
+
+
+def _add_precision_and_storage(p) -> None:
+    """--precision (how the forward pass computes), --storage (how features are kept), --plan."""
+    p.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
+                   help="compute precision of the forward pass: 'auto' (default) measures float32 "
+                        "against bfloat16 (float16 on a GPU) on this machine with a short probe "
+                        "and uses the reduced precision only where it measured faster, saying "
+                        "which it picked; a cache being grown or resumed keeps its own. How the "
+                        "features are stored is --storage")
+    p.add_argument("--storage", choices=("float32", "float16"), default="float32",
+                   help="how features are stored: float16 halves the file (about 3 significant "
+                        "digits, recorded in the cache; readers get float32). Per image and view: "
+                        "a pooled 256-d feature is 1 KB in float32; a whole map H x W x C is "
+                        "4*H*W*C bytes (14x14x256: 200 KB; 28x28x64: 200 KB) or half that in "
+                        "float16; `--plan` prints the table for your flags (default float32)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the size per image per layer, the total and the free disk for "
+                        "these flags, and stop (nothing is computed or written)")

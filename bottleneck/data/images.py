@@ -196,9 +196,10 @@ def _resize(image, image_size: int):
 
 
 def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, views: int = 0,
-                  seed: int = 0):
+                  seed: int = 0, prefetch: bool = True):
     """Batches of (plan index, float32 image in [0, 255][, views]) in input order; undecodable
-    images are dropped from the stream, and their missing indices tell the caller which."""
+    images are dropped from the stream, and their missing indices tell the caller which.
+    `prefetch=False` leaves prefetching to a caller that concatenates several of these."""
     from features.tf import tf
     def load(i, p):
         image = _decode(p)
@@ -210,8 +211,8 @@ def image_dataset(paths: list[str], indices, image_size: int, batch_size: int, v
     ds = tf.data.Dataset.from_tensor_slices((np.asarray(indices, dtype=np.int64),
                                              np.asarray(paths, dtype=object).astype(str)))
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors()
-    return ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
+    ds = ds.ignore_errors().batch(batch_size, drop_remainder=False)
+    return ds.prefetch(tf.data.AUTOTUNE) if prefetch else ds
 
 
 def decode_with_pillow(path: str):
