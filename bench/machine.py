@@ -9,28 +9,7 @@ from __future__ import annotations
 
 import os
 
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it ('unknown' elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+from bottleneck.cpu import cpu_info
 
 
 def loadavg() -> str:
@@ -44,9 +23,9 @@ def loadavg() -> str:
 
 def machine() -> dict:
     """CPU model, usable cores, the AMX / AVX-512 / AVX-512 BF16 flags, and the load now."""
-    flags = cpu_flags()
+    model, flags = cpu_info()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "cores": cores,
+    return {"cpu": model, "cores": cores,
             "amx": sorted(f for f in flags if f.startswith("amx")) or False,
             "avx512f": "avx512f" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "loadavg": loadavg()}

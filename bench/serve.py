@@ -272,11 +272,9 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as handle:
-            found = re.search(r"model name\s*:\s*(.*)", handle.read())
-            return found.group(1) if found else "unknown"
-    return "unknown"
+    from bottleneck.cpu import cpu_info
+
+    return cpu_info()[0]
 
 
 if __name__ == "__main__":

@@ -128,21 +128,13 @@ def decisions_path() -> str:
 
 def machine_key() -> dict:
     """What a decision depends on besides the network: the CPU, its relevant flags, TF."""
+    from bottleneck.cpu import cpu_info
+    from bottleneck.worker import usable_cores
     from features.tf import tf
 
-    model, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and model == "unknown":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    model, flags = cpu_info()
     wanted = sorted(f for f in flags if f.startswith(("amx", "avx512")) or f in ("avx2", "fma"))
-    return {"cpu": model, "flags": wanted, "cores": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "tf": tf.__version__}
+    return {"cpu": model, "flags": wanted, "cores": len(usable_cores()), "tf": tf.__version__}
 
 
 def candidate_precision(gpus: int) -> str:
